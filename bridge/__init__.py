@@ -1,0 +1,1 @@
+"""The MQTT -> Celery bridge: subscribe, match a route, validate, enqueue, and only then ack."""

@@ -1,0 +1,82 @@
+"""From a raw MQTT message to a task call or a dead letter: size, decode, route, validate.
+
+Nothing here raises on bad input; every message gets exactly one verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from bridge.deadletter import DeadLetter, Reason
+from bridge.messages import TaskCall, deterministic_task_id
+from taskhub.routes import RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    payload: bytes
+    properties: dict[str, Any]
+
+
+def _first_error(error: ValidationError) -> str:
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+class Intake:
+    """Judges messages against the route table."""
+
+    def __init__(self, routes: RouteTable, max_payload_bytes: int) -> None:
+        self.routes = routes
+        self.max_payload_bytes = max_payload_bytes
+
+    def judge(self, message: RawMessage) -> TaskCall | DeadLetter:
+        def dead(reason: Reason, detail: str, route: str | None = None) -> DeadLetter:
+            return DeadLetter(
+                message.topic, message.payload, reason, detail, route, message.properties
+            )
+
+        matched = self.routes.match(message.topic)
+        if matched is None:
+            return dead(Reason.NO_ROUTE, f"no route matches topic {message.topic!r}")
+        route = matched.route
+        if len(message.payload) > self.max_payload_bytes:
+            return dead(
+                Reason.PAYLOAD_TOO_LARGE,
+                f"{len(message.payload)} bytes > TASKHUB_BRIDGE__MAX_PAYLOAD_BYTES="
+                f"{self.max_payload_bytes}",
+                route.name,
+            )
+        try:
+            text = message.payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return dead(Reason.INVALID_UTF8, str(error), route.name)
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as error:
+            return dead(Reason.INVALID_JSON, str(error), route.name)
+        try:
+            payload = route.payload.model_validate(document)
+        except ValidationError as error:
+            return dead(Reason.SCHEMA, _first_error(error), route.name)
+        if route.key is not None:
+            identity = str(getattr(payload, route.key))
+        else:
+            digest = hashlib.sha256(message.payload).hexdigest()
+            identity = f"{message.topic}\x00{digest}"
+        return TaskCall(
+            task=route.task,
+            task_id=deterministic_task_id(route.task, identity),
+            queue=route.queue,
+            args=(payload.model_dump(mode="json"),),
+            kwargs=matched.params,
+        )

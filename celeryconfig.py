@@ -1,0 +1,53 @@
+"""Celery's configuration for taskhub, derived from taskhub's settings and route table.
+
+The choices here carry taskhub's delivery promise: JSON only, late acks, tasks of a lost worker
+given back, one task prefetched at a time, every route's queue declared.
+"""
+
+from __future__ import annotations
+
+from kombu.entity import Exchange, Queue
+
+from taskhub.routes import route_table
+from taskhub.settings import settings_or_exit
+
+_settings = settings_or_exit()
+_routes = route_table(_settings.topic_prefix)
+
+broker_url = _settings.broker_url.get_secret_value()
+result_backend = _settings.result_backend.get_secret_value()
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # Longer than any task may run, checked in settings, or Redis hands a running task to a
+    # second worker.
+    "visibility_timeout": _settings.tasks.visibility_timeout,
+}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+
+# JSON only, on the wire and in results: a pickled message is never loaded.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+event_serializer = "json"
+
+# At-least-once: ack after the task ran, give back the tasks of a worker that died, and take one
+# task at a time so a crash strands at most one.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_soft_time_limit = _settings.tasks.soft_time_limit
+task_time_limit = _settings.tasks.time_limit
+result_expires = _settings.tasks.result_expires
+task_track_started = True
+worker_send_task_events = True
+
+# Every route's queue is declared, so workers consume it and Flower lists it; a task sent to an
+# undeclared queue is an error, not a silently created queue nobody reads.
+task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in _routes.queues)
+task_default_queue = _routes.queues[0]
+task_create_missing_queues = False
+task_routes = {task: {"queue": queue} for task, queue in _routes.task_queues.items()}
+imports = _routes.task_modules

@@ -1,0 +1,139 @@
+"""A feed of realistic synthetic check-in tweets, published to MQTT at a chosen rate and count."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from taskhub.demo.venues import venue_for_code
+from taskhub.mqtt import connect_async, new_client, reason_text
+from taskhub.settings import MqttSettings
+
+DEFAULT_TOPIC = "checkins/{city}/tweets"
+MAX_UNACKED = 1000
+_USERS = ("ana", "bo", "chen", "dita", "emeka", "farah", "gus", "hana", "ivo", "jun", "kemal")
+_PHRASES = ("I'm at", "Lunch at", "Finally at", "Back at", "Coffee break @", "Meeting at")
+_CODE_CHARS = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True, slots=True)
+class FeedMessage:
+    topic: str
+    tweet: dict[str, Any]
+
+    @property
+    def payload(self) -> bytes:
+        return json.dumps(self.tweet, ensure_ascii=False).encode()
+
+
+def checkin_tweets(
+    count: int, *, id_base: int, topic: str = DEFAULT_TOPIC, seed: int | None = None
+) -> Iterator[FeedMessage]:
+    """`count` synthetic check-in tweets (0: endless), ids `id_base`, `id_base + 1`, ..."""
+    rng = random.Random(seed)
+    sequence = 0
+    while count == 0 or sequence < count:
+        code = "".join(rng.choices(_CODE_CHARS, k=7))
+        venue = venue_for_code(code)
+        user = rng.choice(_USERS) + str(rng.randint(1, 999))
+        text = f"{rng.choice(_PHRASES)} {venue.name} ({venue.city}) http://4sq.com/{code}"
+        tweet = {
+            "id": str(id_base + sequence),
+            "text": text,
+            "user": {"screen_name": user},
+            "created_at": datetime.now(UTC).isoformat(),
+            "lang": "en",
+            "seq": sequence,
+        }
+        yield FeedMessage(topic.format(city=venue.city_key), tweet)
+        sequence += 1
+
+
+def publish(
+    settings: MqttSettings,
+    messages: Iterator[FeedMessage],
+    *,
+    rate: float,
+    total: int,
+    qos: int = 1,
+    show_progress: bool = True,
+) -> int:
+    """Publish `messages` at `rate` per second (0: as fast as the broker takes them).
+
+    Returns how many the broker acknowledged; waits for every QoS 1 ack before returning.
+    """
+    client = new_client(settings, f"taskhub-feed-{random.getrandbits(32):08x}", persistent=False)
+    client.max_inflight_messages_set(MAX_UNACKED)
+    connected = threading.Event()
+
+    def on_connect(
+        client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if not reason.is_failure:
+            connected.set()
+
+    client.on_connect = on_connect
+    connect_async(client, settings, persistent=False)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout=settings.keepalive):
+            raise SystemExit(
+                f"taskhub feed: cannot connect to MQTT at {settings.host}:{settings.port}"
+            )
+        return _publish_paced(client, messages, rate=rate, total=total, qos=qos, show=show_progress)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _publish_paced(
+    client: mqtt.Client,
+    messages: Iterator[FeedMessage],
+    *,
+    rate: float,
+    total: int,
+    qos: int,
+    show: bool,
+) -> int:
+    pending: list[mqtt.MQTTMessageInfo] = []
+    acknowledged = 0
+    started = time.monotonic()
+    columns = (TextColumn("feed"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show) as progress:
+        bar = progress.add_task("publish", total=total or None)
+        for sent, message in enumerate(messages, start=1):
+            if rate:
+                delay = started + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            info = client.publish(message.topic, message.payload, qos=qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise SystemExit(f"taskhub feed: publish failed: {reason_text(info.rc)}")
+            pending.append(info)
+            if len(pending) >= MAX_UNACKED:
+                acknowledged += _wait_all(pending)
+            progress.update(bar, completed=sent)
+        acknowledged += _wait_all(pending)
+    return acknowledged
+
+
+def _wait_all(pending: list[mqtt.MQTTMessageInfo], timeout: float = 60.0) -> int:
+    """Wait for the broker to ack every message in `pending`; empty it and return how many."""
+    deadline = time.monotonic() + timeout
+    for info in pending:
+        info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+        if not info.is_published():
+            raise SystemExit("taskhub feed: the broker did not acknowledge a message within 60s")
+    count = len(pending)
+    pending.clear()
+    return count

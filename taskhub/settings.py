@@ -1,0 +1,261 @@
+"""Every knob taskhub has, in one validated object read from `TASKHUB_*` variables and `.env`.
+
+A bad value stops the process at start with one line naming the variable and what is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TASKHUB_"
+ENV_NESTED_DELIMITER = "__"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STANDIN_URL = "http://127.0.0.1:8700"
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message is one line that says which and why."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def _redis_url(value: SecretStr) -> SecretStr:
+    scheme = urlsplit(value.get_secret_value()).scheme
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError(
+            f"must be a redis://, rediss:// or unix:// URL, not {scheme or 'no'} scheme"
+        )
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SHARE_GROUP = re.compile(r"^[^/+#]+$")
+
+
+class MqttProtocol(StrEnum):
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Block):
+    """How the bridge reaches the MQTT broker and keeps its session."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: MqttProtocol = MqttProtocol.V5
+    client_id: str = "taskhub-bridge-1"
+    """Stable per replica: the broker keeps this session's messages while the bridge is down."""
+    session_expiry: int = Field(86_400, ge=1, le=4_294_967_294)
+    """Seconds the broker keeps the session (and queues messages) after a disconnect."""
+    keepalive: int = Field(30, ge=5, le=65_535)
+    qos: int = Field(1, ge=0, le=2)
+    """Default subscription QoS for routes that do not name one."""
+    share_group: str | None = None
+    """When set, routes are subscribed as `$share/<group>/...` so replicas split the stream."""
+    receive_maximum: int = Field(1000, ge=1, le=65_535)
+    """MQTT 5 Receive Maximum: how many unacked QoS 1/2 messages the broker may send us."""
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    reconnect_min_delay: Seconds = 1.0
+    reconnect_max_delay: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not _CLIENT_ID.match(self.client_id):
+            raise ValueError(
+                "client_id must be 1-128 characters of letters, digits and _.:- "
+                f"(got {self.client_id!r})"
+            )
+        if self.share_group is not None and not _SHARE_GROUP.match(self.share_group):
+            raise ValueError("share_group must not be empty or contain '/', '+' or '#'")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        for path in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError("reconnect_min_delay must not exceed reconnect_max_delay")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca_file is not None or self.tls_cert_file is not None
+
+
+class HttpSettings(_Block):
+    """The upstream HTTP services the check-in task calls."""
+
+    shortlink_base_url: HttpUrl = f"{DEFAULT_STANDIN_URL}/s"
+    """Where a 4sq short code is expanded: `<base>/<code>` answers with a redirect."""
+    venue_api_base_url: HttpUrl = f"{DEFAULT_STANDIN_URL}/v2"
+    """Venue API: `<base>/venues/<venue_id>` answers with JSON."""
+    connect_timeout: Seconds = 3.0
+    read_timeout: Seconds = 10.0
+    max_connections: int = Field(20, ge=1)
+
+
+class TaskSettings(_Block):
+    """Limits every task runs under; the broker's visibility timeout must outlast them."""
+
+    soft_time_limit: Seconds = 60.0
+    time_limit: Seconds = 90.0
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_max: Seconds = 60.0
+    visibility_timeout: Seconds = 3600.0
+    """Seconds before Redis hands an unacked task to another worker; must exceed time_limit."""
+    result_expires: Seconds = 86_400.0
+    result_ttl: Seconds = 7 * 86_400.0
+    """How long a task's stored effect (e.g. a resolved check-in) is kept in Redis."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError("soft_time_limit must be less than time_limit")
+        if self.visibility_timeout <= self.time_limit:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout:g}s) must exceed time_limit "
+                f"({self.time_limit:g}s), or Redis redelivers tasks that are still running"
+            )
+        return self
+
+
+class BridgeSettings(_Block):
+    """How the bridge batches its publishes to Redis."""
+
+    batch_size: int = Field(100, ge=1, le=10_000)
+    """Most messages in one Redis pipeline."""
+    batch_linger_ms: float = Field(0.0, ge=0, le=10_000)
+    """Extra wait for a batch to fill; 0 flushes as soon as nothing more is waiting."""
+    redis_retry_min_delay: Seconds = 0.2
+    redis_retry_max_delay: Seconds = 10.0
+    max_payload_bytes: int = Field(256 * 1024, ge=1)
+
+
+class StandinSettings(_Block):
+    """The local stand-in for the short-link and venue HTTP services."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=1, le=65535)
+    latency_ms: float = Field(20.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """taskhub's whole configuration. Nested blocks read `TASKHUB_<BLOCK>__<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    broker_url: RedisUrl = SecretStr(DEFAULT_REDIS_URL)
+    result_backend: RedisUrl = SecretStr(DEFAULT_REDIS_URL)
+    store_url: RedisUrl | None = None
+    """Redis for task effects and dead letters; defaults to broker_url."""
+    key_prefix: str = Field("taskhub", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Prefix of every Redis key taskhub writes besides Celery's own."""
+    topic_prefix: str = Field("", pattern=r"^([^+#\x00]+/)?$")
+    """Prepended to every route's topic pattern (ends with '/'); isolates tenants and test runs."""
+    mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
+    tasks: TaskSettings = TaskSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    standin: StandinSettings = StandinSettings()
+
+    @property
+    def store_redis_url(self) -> str:
+        return (self.store_url or self.broker_url).get_secret_value()
+
+
+def _variable_name(location: tuple[int | str, ...]) -> str:
+    names = [str(part) for part in location if not isinstance(part, int)]
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(names).upper()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"{_variable_name(error['loc'])}: is not a taskhub setting"
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        shown = "***" if "password" in str(error["loc"]).lower() else repr(value)
+        return f"{_variable_name(error['loc'])}: {message} (got {shown})"
+    return f"{_variable_name(error['loc'])}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings, raising SettingsError with one line on anything wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = [_describe(dict(item)) for item in error.errors()]
+        raise SettingsError("; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """Settings for an entry point: a bad value ends the process with one line, no traceback."""
+    try:
+        return get_settings()
+    except SettingsError as error:
+        raise SystemExit(f"taskhub: bad configuration: {error}") from None
+
+
+def env_file_in_use() -> Path | None:
+    path = Path(os.getcwd()) / ".env"
+    return path if path.is_file() else None

@@ -1,0 +1,20 @@
+"""Record sensor readings: the latest reading per device, a second route on its own queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskhub.celery import app
+from taskhub.payloads import SensorReading
+from tasks.store import save_effect
+
+EFFECT_KIND = "reading"
+
+
+@app.task(name="tasks.sensors.record_reading")
+def record_reading(reading: dict[str, Any], device_id: str = "unknown") -> dict[str, Any]:
+    """Keep `reading` as the device's latest."""
+    checked = SensorReading.model_validate(reading)
+    document = {"device_id": device_id, **checked.model_dump(mode="json")}
+    save_effect(EFFECT_KIND, device_id, document)
+    return document

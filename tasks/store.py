@@ -1,0 +1,36 @@
+"""Where tasks keep their effects: JSON documents in Redis under taskhub's key prefix."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import redis
+
+from taskhub.settings import get_settings
+
+
+@functools.cache
+def _redis_for(pid: int) -> redis.Redis:
+    return redis.Redis.from_url(get_settings().store_redis_url)
+
+
+def store_redis() -> redis.Redis:
+    """This process's Redis client for effects (pool children each get their own)."""
+    return _redis_for(os.getpid())
+
+
+def effect_key(kind: str, identity: str) -> str:
+    return f"{get_settings().key_prefix}:{kind}:{identity}"
+
+
+def save_effect(kind: str, identity: str, document: dict[str, Any]) -> None:
+    ttl = int(get_settings().tasks.result_ttl)
+    store_redis().set(effect_key(kind, identity), json.dumps(document), ex=ttl)
+
+
+def load_effect(kind: str, identity: str) -> dict[str, Any] | None:
+    raw = store_redis().get(effect_key(kind, identity))
+    return None if raw is None else dict(json.loads(raw))
