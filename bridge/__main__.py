@@ -8,6 +8,7 @@ import sys
 from types import FrameType
 
 from bridge.intake import Intake
+from bridge.messages import MessageBuilder
 from bridge.publisher import RedisPublisher
 from bridge.service import Bridge
 from bridge.source import MqttSource
@@ -28,7 +29,12 @@ def main() -> int:
         routes = route_table(settings.topic_prefix)
     except RouteError as error:
         raise SystemExit(f"taskhub: bad route table: {error}") from None
-    publisher = RedisPublisher(settings.broker_url.get_secret_value(), settings.key_prefix)
+    builder = MessageBuilder(
+        time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)
+    )
+    publisher = RedisPublisher(
+        settings.broker_url.get_secret_value(), settings.key_prefix, builder=builder
+    )
     bridge = Bridge(
         MqttSource(settings.mqtt, routes),
         Intake(routes, settings.bridge.max_payload_bytes),

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from celery.utils.saferepr import saferepr
+
 ARGSREPR_MAX = 1024
 """Celery's default `argsrepr_maxsize`: how much of the arguments Flower gets to show."""
 TASK_ID_NAMESPACE = uuid.UUID("6f1c0f0e-3b0a-5d2c-9a57-7a736b687562")
@@ -39,7 +41,13 @@ def deterministic_task_id(task: str, identity: str) -> str:
 class MessageBuilder:
     """Turns TaskCalls into the JSON strings a stock Celery worker consumes from a Redis list."""
 
-    def __init__(self, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        time_limits: tuple[float | None, float | None] = (None, None),
+        origin: str | None = None,
+    ) -> None:
+        """`time_limits` is (hard, soft) as Celery's config sets them, stamped on each message."""
+        self.time_limits = list(time_limits)
         host = socket.gethostname()
         self.origin = origin or f"bridge{os.getpid()}@{host}"
         # Celery puts the sending thread's oid here; only the RPC result backend reads it.
@@ -63,13 +71,13 @@ class MessageBuilder:
             "group": None,
             "group_index": None,
             "retries": 0,
-            "timelimit": [None, None],
+            "timelimit": self.time_limits,
             "root_id": call.task_id,
             "parent_id": None,
-            "argsrepr": repr(call.args)[:ARGSREPR_MAX],
-            "kwargsrepr": repr(call.kwargs)[:ARGSREPR_MAX],
+            "argsrepr": saferepr(call.args, ARGSREPR_MAX),
+            "kwargsrepr": saferepr(call.kwargs, ARGSREPR_MAX),
             "origin": self.origin,
-            "ignore_result": None,
+            "ignore_result": False,
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},

@@ -5,6 +5,7 @@ A bad value stops the process at start with one line naming the variable and wha
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -233,8 +234,37 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{_variable_name(error['loc'])}: {message}"
 
 
+def known_variables() -> set[str]:
+    """Every TASKHUB_ variable name a setting reads, nested blocks included."""
+    names: set[str] = set()
+    for name, info in Settings.model_fields.items():
+        variable = ENV_PREFIX + name.upper()
+        names.add(variable)
+        block = info.annotation
+        if isinstance(block, type) and issubclass(block, BaseModel):
+            names.update(
+                variable + ENV_NESTED_DELIMITER + field.upper() for field in block.model_fields
+            )
+    return names
+
+
+def _unknown_variables() -> list[str]:
+    """TASKHUB_ variables no setting reads: a typo would otherwise be silently ignored."""
+    known = known_variables()
+    problems = []
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
+            close = difflib.get_close_matches(variable.upper(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{variable}: is not a taskhub setting{hint}")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings, raising SettingsError with one line on anything wrong."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise SettingsError("; ".join(unknown))
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -254,8 +284,3 @@ def settings_or_exit() -> Settings:
         return get_settings()
     except SettingsError as error:
         raise SystemExit(f"taskhub: bad configuration: {error}") from None
-
-
-def env_file_in_use() -> Path | None:
-    path = Path(os.getcwd()) / ".env"
-    return path if path.is_file() else None

@@ -6,6 +6,7 @@ link or venue that does not exist fails at once.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from tasks.http import http_client
 from tasks.store import save_effect
 
 EFFECT_KIND = "checkin"
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the log
 _VENUE_PATH = re.compile(r"/v/(?:[^/]+/)?([A-Za-z0-9]{6,32})/?$")
 
 
@@ -86,6 +88,7 @@ def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) 
         "short_code": checkin.short_code,
         "venue": venue,
         "task_id": self.request.id,
+        "retries": self.request.retries,
         "resolved_at": datetime.now(UTC).isoformat(),
     }
     save_effect(EFFECT_KIND, checkin.id, result)

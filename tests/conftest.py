@@ -1,0 +1,112 @@
+"""Test-run isolation and the shared fixtures: real Redis, real Mosquitto, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from tests.support.isolation import configure_run, release_redis_db
+from tests.support.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+
+if TYPE_CHECKING:
+    from taskhub.demo.standin import StandinServer
+
+_RUN: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module imports taskhub: settings are read once per process.
+    run_id, db = configure_run()
+    _RUN.update(run_id=run_id, db=db)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "db" in _RUN:
+        release_redis_db(int(str(_RUN["db"])), str(_RUN["run_id"]))
+
+
+@pytest.fixture(scope="session")
+def topic_prefix() -> str:
+    return os.environ["TASKHUB_TOPIC_PREFIX"]
+
+
+@pytest.fixture
+def broker_redis() -> Iterator[redis.Redis]:
+    """This run's own Redis database, emptied before each test that uses it."""
+    client = redis.Redis.from_url(os.environ["TASKHUB_BROKER_URL"])
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[StandinServer]:
+    """The stand-in HTTP services in a thread of this process, on this run's port."""
+    from taskhub.demo.standin import StandinServer
+    from taskhub.settings import get_settings
+
+    server = StandinServer(get_settings().standin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def worker(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
+    """`celery -A taskhub worker --autoscale=4,2`, as an operator would start it."""
+    process = Process(
+        "worker",
+        celery(
+            "worker",
+            "--autoscale=4,2",
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            f"test-{os.getpid()}@%h",
+        ),
+        log_dir,
+        {},
+    ).start()
+    process.wait_output(WORKER_READY, timeout=60)
+    yield process
+    process.kill()
+
+
+@pytest.fixture
+def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
+    """`python -m bridge`, started and subscribed to every route."""
+    process = Process("bridge", python_module("bridge"), log_dir, {}).start()
+    process.wait_output(BRIDGE_READY, timeout=30, count=2)
+    yield process
+    process.kill()
+
+
+def stored_checkins(client: redis.Redis, tweet_ids: list[str]) -> int:
+    """How many of `tweet_ids` have a stored resolved check-in."""
+    from taskhub.settings import get_settings
+
+    prefix = get_settings().key_prefix
+    keys = [f"{prefix}:checkin:{tweet_id}" for tweet_id in tweet_ids]
+    return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
+
+
+def load_checkin(client: redis.Redis, tweet_id: str) -> dict[str, object] | None:
+    from taskhub.settings import get_settings
+
+    raw = client.get(f"{get_settings().key_prefix}:checkin:{tweet_id}")
+    return None if raw is None else dict(json.loads(raw))

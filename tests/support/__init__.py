@@ -1,0 +1,1 @@
+"""Test helpers: isolation on the shared servers, and real processes to start and kill."""

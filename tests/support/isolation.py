@@ -1,0 +1,62 @@
+"""Giving each test run its own Redis database, topic prefix and MQTT client ids on the shared
+servers, so runs on one machine never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import redis
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+LOCK_KEY = "taskhub-tests:db:{}"
+LOCK_TTL_SECONDS = 3 * 3600
+FIRST_DB, LAST_DB = 1, 15
+
+
+def claim_redis_db(run_id: str) -> int:
+    """A database number no other live run holds; the claim lives in DB 0 with a TTL."""
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    for number in range(FIRST_DB, LAST_DB + 1):
+        if lock.set(LOCK_KEY.format(number), run_id, nx=True, ex=LOCK_TTL_SECONDS):
+            redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number).flushdb()
+            return number
+    raise RuntimeError(f"all Redis databases {FIRST_DB}-{LAST_DB} are claimed by other test runs")
+
+
+def release_redis_db(number: int, run_id: str) -> None:
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number).flushdb()
+    if lock.get(LOCK_KEY.format(number)) == run_id.encode():
+        lock.delete(LOCK_KEY.format(number))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def configure_run() -> tuple[str, int]:
+    """Point every TASKHUB_ setting of this process (and its children) at this run's own space."""
+    run_id = uuid.uuid4().hex[:10]
+    db = claim_redis_db(run_id)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    standin_port = free_port()
+    standin = f"http://127.0.0.1:{standin_port}"
+    os.environ.update(
+        {
+            "TASKHUB_BROKER_URL": url,
+            "TASKHUB_RESULT_BACKEND": url,
+            "TASKHUB_TOPIC_PREFIX": f"test-{run_id}/",
+            "TASKHUB_MQTT__CLIENT_ID": f"test-{run_id}-bridge",
+            "TASKHUB_STANDIN__PORT": str(standin_port),
+            "TASKHUB_STANDIN__LATENCY_MS": "1",
+            "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"{standin}/s",
+            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"{standin}/v2",
+        }
+    )
+    return run_id, db
