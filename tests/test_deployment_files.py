@@ -1,0 +1,100 @@
+"""The Procfile, docker-compose.yml and mosquitto.conf agree with each other and actually load.
+
+No Docker engine runs here, so compose is checked as data; Mosquitto runs its config for real.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.isolation import free_port
+from tests.support.processes import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSES = {"standin", "worker", "bridge", "flower"}
+
+
+def _procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_procfile_runs_every_process_with_autoscaling_worker() -> None:
+    procfile = _procfile()
+    assert set(procfile) == PROCESSES | {"feed"}
+    assert procfile["worker"].startswith("celery -A taskhub worker --autoscale=")
+    assert procfile["flower"].startswith("celery -A taskhub flower")
+    assert procfile["bridge"] == "python -m bridge"
+
+
+def test_compose_runs_the_procfile_commands_beside_redis_and_mosquitto() -> None:
+    services = _compose()["services"]
+    assert set(services) >= PROCESSES | {"redis", "mosquitto"}
+    for name, command in _procfile().items():
+        compose_command = " ".join(services[name]["command"])
+        assert command.split(" --address")[0] in compose_command, name
+
+
+def test_compose_redis_keeps_an_aof_and_never_evicts() -> None:
+    command = " ".join(_compose()["services"]["redis"]["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+
+
+def test_compose_mosquitto_uses_the_repo_config() -> None:
+    volumes = _compose()["services"]["mosquitto"]["volumes"]
+    assert "./scripts/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
+
+
+def test_repo_mosquitto_config_loads_in_a_real_broker(tmp_path: Path) -> None:
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        pytest.skip("no mosquitto binary on this machine")
+    port = free_port()
+    config = (ROOT / "scripts/mosquitto.conf").read_text()
+    assert "persistence true" in config
+    assert "max_queued_messages 0" in config
+    config = config.replace("listener 1883", f"listener {port} 127.0.0.1").replace(
+        "/mosquitto/data/", f"{tmp_path}/"
+    )
+    (tmp_path / "mosquitto.conf").write_text(config)
+    broker = subprocess.Popen(
+        [mosquitto, "-c", str(tmp_path / "mosquitto.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        import socket
+
+        def answers() -> bool:
+            assert broker.poll() is None, broker.stdout.read() if broker.stdout else ""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(answers, 10, "mosquitto with the repo's config to listen")
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+def test_readme_documents_every_setting() -> None:
+    from taskhub.settings import known_variables
+
+    known = known_variables()
+    leaves = {name for name in known if not any(other.startswith(name + "__") for other in known)}
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in leaves if f"`{name}`" not in readme)
+    assert missing == []
