@@ -11,6 +11,9 @@ from kombu.entity import Exchange, Queue
 from taskhub.routes import route_table
 from taskhub.settings import settings_or_exit
 
+UNACKED_MUTEX_EXPIRE = 30
+"""Seconds a sweep's lock outlives a worker killed while sweeping (kombu's default is 300)."""
+
 _settings = settings_or_exit()
 _routes = route_table(_settings.topic_prefix)
 
@@ -18,9 +21,13 @@ broker_url = _settings.broker_url.get_secret_value()
 result_backend = _settings.result_backend.get_secret_value()
 broker_connection_retry_on_startup = True
 broker_transport_options = {
-    # Longer than any task may run, checked in settings, or Redis hands a running task to a
-    # second worker.
+    # Longer than a task may wait for its retry plus run (checked in settings), or Redis hands a
+    # live task to a second worker. A killed worker's tasks come back after it, found by a sweep
+    # every unacked_restore_interval seconds; see docs/delivery.md for the whole bound.
     "visibility_timeout": _settings.tasks.visibility_timeout,
+    "unacked_restore_interval": _settings.tasks.unacked_restore_interval,
+    "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 
@@ -37,6 +44,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
+# SIGTERM (with REMAP_SIGTERM=SIGQUIT) gives running tasks this long, then requeues them.
+worker_soft_shutdown_timeout = _settings.tasks.soft_shutdown_timeout
+worker_enable_soft_shutdown_on_idle = True
 
 task_soft_time_limit = _settings.tasks.soft_time_limit
 task_time_limit = _settings.tasks.time_limit

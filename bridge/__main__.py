@@ -7,15 +7,44 @@ import signal
 import sys
 from types import FrameType
 
+from bridge.backpressure import Backpressure
+from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.publisher import RedisPublisher
 from bridge.service import Bridge
 from bridge.source import MqttSource
+from bridge.spool import Spool
 from taskhub.routes import RouteError, route_table
-from taskhub.settings import redact_url, settings_or_exit
+from taskhub.settings import Settings, redact_url, settings_or_exit
 
 log = logging.getLogger("taskhub.bridge")
+
+
+def build_bridge(settings: Settings) -> Bridge:
+    """A bridge wired from settings; raises SystemExit with one line if the routes are wrong."""
+    try:
+        routes = route_table(settings.topic_prefix)
+    except RouteError as error:
+        raise SystemExit(f"taskhub: bad route table: {error}") from None
+    bridge_settings = settings.bridge
+    publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues)
+    spool = Spool(bridge_settings.spool_path(settings.mqtt.client_id), bridge_settings.spool_max)
+    delivery = Delivery(
+        publisher,
+        spool,
+        Backpressure(bridge_settings.high_watermark, bridge_settings.low_watermark),
+        bridge_settings.redis_retry_min_delay,
+        bridge_settings.redis_retry_max_delay,
+    )
+    return Bridge(
+        MqttSource(settings.mqtt, routes),
+        Intake(routes, bridge_settings.max_payload_bytes),
+        MessageBuilder(time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)),
+        delivery,
+        bridge_settings,
+        settings.key_prefix,
+    )
 
 
 def main() -> int:
@@ -25,35 +54,20 @@ def main() -> int:
         stream=sys.stderr,
     )
     settings = settings_or_exit()
-    try:
-        routes = route_table(settings.topic_prefix)
-    except RouteError as error:
-        raise SystemExit(f"taskhub: bad route table: {error}") from None
-    builder = MessageBuilder(
-        time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)
-    )
-    publisher = RedisPublisher(
-        settings.broker_url.get_secret_value(), settings.key_prefix, builder=builder
-    )
-    bridge = Bridge(
-        MqttSource(settings.mqtt, routes),
-        Intake(routes, settings.bridge.max_payload_bytes),
-        publisher,
-        settings.bridge,
-    )
+    bridge = build_bridge(settings)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        log.info(
-            "%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name
-        )
+        log.info("%s: finishing the messages in hand, then stopping", signal.Signals(signum).name)
         bridge.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info(
-        "bridge starting: %d routes -> redis %s",
-        len(routes),
+        "bridge starting: %d routes -> redis %s, spool %s (%d waiting)",
+        len(bridge.intake.routes),
         redact_url(settings.broker_url.get_secret_value()),
+        bridge.delivery.spool.path,
+        len(bridge.delivery.spool),
     )
     bridge.run()
     return 0

@@ -1,5 +1,6 @@
-"""Publishing a batch of verdicts to Redis in one transaction: tasks to their queues, dead letters
-to their stream. The whole batch lands or none of it does, so the caller acks all or nothing.
+"""Landing outbound items in Redis in one transaction: task messages onto their queues, dead
+letters onto their stream. The whole batch lands or none of it does, so the caller acks all or
+nothing. The same transaction reports every route queue's depth, for backpressure at no extra cost.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from collections.abc import Sequence
 
 import redis
 
-from bridge.deadletter import DEFAULT_STREAM_MAXLEN, DeadLetter, stream_key
-from bridge.messages import MessageBuilder, TaskCall
+from bridge.deadletter import DEFAULT_STREAM_MAXLEN
+from bridge.outbound import Kind, Outbound
 
 SOCKET_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 1.0
+"""Short: while Redis is unreachable, each probe blocks the bridge's loop this long at most."""
 
 
 class PublishFailed(Exception):
@@ -20,14 +22,11 @@ class PublishFailed(Exception):
 
 
 class RedisPublisher:
-    """Writes batches of task calls and dead letters into the broker's Redis."""
-
     def __init__(
         self,
         broker_url: str,
-        key_prefix: str,
+        queues: Sequence[str],
         *,
-        builder: MessageBuilder | None = None,
         deadletter_maxlen: int = DEFAULT_STREAM_MAXLEN,
     ) -> None:
         self.redis = redis.Redis.from_url(
@@ -36,27 +35,33 @@ class RedisPublisher:
             socket_connect_timeout=CONNECT_TIMEOUT,
             health_check_interval=30,
         )
-        self.builder = builder or MessageBuilder()
-        self.deadletter_stream = stream_key(key_prefix)
+        self.queues = tuple(queues)
         self.deadletter_maxlen = deadletter_maxlen
 
-    def publish(self, batch: Sequence[TaskCall | DeadLetter]) -> None:
-        """Land every item of `batch` in Redis, or raise PublishFailed having landed none."""
+    def land(self, items: Sequence[Outbound]) -> dict[str, int]:
+        """Land every item, or raise PublishFailed having landed none; returns queue depths."""
         pipe = self.redis.pipeline(transaction=True)
-        for item in batch:
-            if isinstance(item, TaskCall):
-                pipe.lpush(item.queue, self.builder.build(item))
+        for item in items:
+            if item.kind is Kind.TASK:
+                pipe.lpush(item.key, item.body)
             else:
                 pipe.xadd(
-                    self.deadletter_stream,
-                    item.as_stream_fields(),  # type: ignore[arg-type]
+                    item.key,
+                    item.stream_fields(),  # type: ignore[arg-type]
                     maxlen=self.deadletter_maxlen,
                     approximate=True,
                 )
+        for queue in self.queues:
+            pipe.llen(queue)
         try:
-            pipe.execute()
+            results = pipe.execute()
         except redis.RedisError as error:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
+        return dict(zip(self.queues, results[len(results) - len(self.queues) :], strict=True))
+
+    def depths(self) -> dict[str, int]:
+        """Every route queue's depth, or PublishFailed."""
+        return self.land(())
 
     def close(self) -> None:
         self.redis.close()

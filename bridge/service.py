@@ -1,6 +1,8 @@
-"""The bridge's main loop: take a batch from MQTT, judge each message, land the batch in Redis,
-then ack the batch in arrival order. Redis trouble pauses the loop and retries with backoff; no
-message is acked before Redis holds its task or dead letter.
+"""The bridge's loop: read MQTT while there is room, judge each message once, deliver batches to
+Redis (or the spool), and ack each batch in arrival order only once it is durable.
+
+Reading pauses when too much is in flight, when queues pass the high watermark, or when neither
+Redis nor the spool can take a batch; the MQTT broker holds the rest meanwhile.
 """
 
 from __future__ import annotations
@@ -8,30 +10,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
-from bridge.deadletter import DeadLetter
+from bridge.deadletter import DeadLetter, stream_key
+from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
-from bridge.messages import TaskCall
-from bridge.publisher import PublishFailed, RedisPublisher
+from bridge.messages import MessageBuilder
+from bridge.outbound import Kind, Outbound
 from bridge.source import MqttSource, Received
 from taskhub.settings import BridgeSettings
 
 log = logging.getLogger("taskhub.bridge")
 
-POLL_SECONDS = 0.25
-"""How often an idle loop looks at the stop flag."""
+IDLE_WAIT_SECONDS = 0.1
+"""Longest wait for MQTT traffic before the loop looks at its timers and the stop flag."""
+BACKPRESSURE_POLL_SECONDS = 0.1
 SHUTDOWN_GRACE_SECONDS = 30.0
-"""After a stop request, how long to keep retrying a batch Redis will not take."""
+"""After a stop request, how long to keep trying to deliver the messages in hand."""
 
 
 @dataclass(slots=True)
 class Counters:
     received: int = 0
-    enqueued: int = 0
+    landed: int = 0
+    spooled: int = 0
     dead_lettered: int = 0
     abandoned: int = 0
-    """Messages given up unacked (connection lost or shutdown); the broker redelivers them."""
+    """Given up unacked (connection lost or shutdown); the broker redelivers them."""
+
+    def line(self) -> str:
+        return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    received: Received
+    outbound: Outbound
 
 
 class Bridge:
@@ -39,85 +54,131 @@ class Bridge:
         self,
         source: MqttSource,
         intake: Intake,
-        publisher: RedisPublisher,
+        builder: MessageBuilder,
+        delivery: Delivery,
         settings: BridgeSettings,
+        key_prefix: str,
     ) -> None:
         self.source = source
         self.intake = intake
-        self.publisher = publisher
+        self.builder = builder
+        self.delivery = delivery
         self.settings = settings
+        self.deadletter_stream = stream_key(key_prefix)
         self.counters = Counters()
+        self.pending: deque[Pending] = deque()
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
+        self._batch_started: float | None = None
+        self._held_until = 0.0
+        self._held_delay = settings.redis_retry_min_delay
+        self._next_depth_poll = 0.0
 
     def request_stop(self) -> None:
-        """Stop taking messages; finish the batch in hand; then run() returns."""
+        """Stop reading; deliver and ack what is in hand; then run() returns."""
         if not self._stop.is_set():
             self._stop_requested_at = time.monotonic()
             self._stop.set()
 
     def run(self) -> None:
-        self.source.start()
         try:
-            while not self._stop.is_set():
-                batch = self.source.take(
-                    self.settings.batch_size, POLL_SECONDS, self.settings.batch_linger_ms / 1000
-                )
-                if batch:
-                    self._handle(batch)
+            while not self._stop.is_set() or (self.pending and not self._shutdown_overdue()):
+                self._turn()
         finally:
-            self.source.stop()
-            self.publisher.close()
+            self._abandon(len(self.pending), "still undelivered at shutdown")
+            self.pending.clear()
+            self.source.close()
+            self.delivery.spool.close()
+            self.delivery.publisher.close()
             log.info(
-                "bridge stopped: received=%d enqueued=%d dead_lettered=%d abandoned=%d",
-                self.counters.received,
-                self.counters.enqueued,
-                self.counters.dead_lettered,
-                self.counters.abandoned,
+                "bridge stopped: %s replayed=%d spool=%d",
+                self.counters.line(),
+                self.delivery.replayed,
+                len(self.delivery.spool),
             )
 
-    def _handle(self, batch: list[Received]) -> None:
-        self.counters.received += len(batch)
-        current = [received for received in batch if self.source.is_current(received)]
-        self._abandon(len(batch) - len(current), "they arrived on a connection since lost")
-        if not current:
-            return
-        verdicts = [self.intake.judge(received.message) for received in current]
-        if not self._land(current, verdicts):
-            return
-        for received in current:
-            self.source.ack(received)
-        dead = sum(1 for verdict in verdicts if isinstance(verdict, DeadLetter))
-        self.counters.dead_lettered += dead
-        self.counters.enqueued += len(current) - dead
+    def _turn(self) -> None:
+        room = self.settings.max_in_flight - len(self.pending)
+        held = time.monotonic() < self._held_until
+        reading = not self._stop.is_set() and not held and not self.delivery.backpressure.paused
+        busy = bool(self.pending) and not held
+        self.source.pump(read=reading, room=room, timeout=0 if busy else IDLE_WAIT_SECONDS)
+        self._take_received()
+        if self.pending and not held and self._batch_due():
+            self._flush()
+        self.delivery.replay()
+        if self.delivery.backpressure.paused and time.monotonic() >= self._next_depth_poll:
+            self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
+            self.delivery.poll_depths()
 
-    def _land(self, batch: list[Received], verdicts: list[TaskCall | DeadLetter]) -> bool:
-        """Publish until Redis takes the batch; False if it was abandoned unacked."""
-        delay = self.settings.redis_retry_min_delay
-        failing_since: float | None = None
-        while True:
-            try:
-                self.publisher.publish(verdicts)
-            except PublishFailed as error:
-                now = time.monotonic()
-                if failing_since is None:
-                    failing_since = now
-                    log.error("redis did not take a batch of %d: %s; retrying", len(batch), error)
-                if not all(self.source.is_current(received) for received in batch):
-                    self._abandon(len(batch), "the mqtt connection dropped while redis was down")
-                    return False
-                stopping_for = now - (self._stop_requested_at or now)
-                if stopping_for > SHUTDOWN_GRACE_SECONDS:
-                    self._abandon(len(batch), "redis is still down at shutdown")
-                    return False
-                time.sleep(delay)  # backoff between attempts, not synchronisation
-                delay = min(delay * 2, self.settings.redis_retry_max_delay)
-                continue
-            if failing_since is not None:
-                log.info(
-                    "redis took the batch after %.1fs of retries", time.monotonic() - failing_since
-                )
+    def _take_received(self) -> None:
+        received = self.source.received
+        if received and self._batch_started is None:
+            self._batch_started = time.monotonic()
+        while received:
+            message = received.popleft()
+            self.counters.received += 1
+            self.pending.append(Pending(message, self._outbound(message)))
+
+    def _outbound(self, received: Received) -> Outbound:
+        verdict = self.intake.judge(received.message)
+        if isinstance(verdict, DeadLetter):
+            return Outbound.dead_letter(verdict, self.deadletter_stream)
+        return Outbound.task(verdict, self.builder)
+
+    def _batch_due(self) -> bool:
+        if len(self.pending) >= self.settings.batch_size or self._stop.is_set():
             return True
+        if self.source.more_waiting():
+            return False
+        lingered = time.monotonic() - (self._batch_started or 0.0)
+        return lingered * 1000 >= self.settings.batch_linger_ms
+
+    def _flush(self) -> None:
+        batch = [self.pending[i] for i in range(min(self.settings.batch_size, len(self.pending)))]
+        stale = [item for item in batch if not self.source.is_current(item.received)]
+        if stale:
+            # Their connection is gone: the broker redelivers them, so delivering them now would
+            # only make duplicates. Drop everything from that connection.
+            self._drop_stale()
+            return
+        outcomes = self.delivery.deliver([item.outbound for item in batch])
+        if outcomes[0] is Outcome.HELD:
+            self._hold()
+            return
+        self._held_delay = self.settings.redis_retry_min_delay
+        for item in batch:
+            self.source.ack(item.received)
+            self.pending.popleft()
+        dead = sum(1 for item in batch if item.outbound.kind is Kind.DEAD_LETTER)
+        self.counters.dead_lettered += dead
+        if outcomes[0] is Outcome.LANDED:
+            self.counters.landed += len(batch) - dead
+        else:
+            self.counters.spooled += len(batch) - dead
+        self._batch_started = time.monotonic() if self.pending else None
+
+    def _drop_stale(self) -> None:
+        kept = deque(item for item in self.pending if self.source.is_current(item.received))
+        self._abandon(len(self.pending) - len(kept), "their mqtt connection was lost")
+        self.pending = kept
+        self._batch_started = time.monotonic() if kept else None
+
+    def _hold(self) -> None:
+        """Neither Redis nor the spool took the batch: keep it unacked and try again later."""
+        if self._held_delay == self.settings.redis_retry_min_delay:
+            log.error(
+                "redis is down and the spool is full (%d messages): holding %d unacked messages; "
+                "the mqtt broker keeps the rest",
+                len(self.delivery.spool),
+                len(self.pending),
+            )
+        self._held_until = time.monotonic() + self._held_delay
+        self._held_delay = min(self._held_delay * 2, self.settings.redis_retry_max_delay)
+
+    def _shutdown_overdue(self) -> bool:
+        started = self._stop_requested_at or time.monotonic()
+        return time.monotonic() - started > SHUTDOWN_GRACE_SECONDS
 
     def _abandon(self, count: int, why: str) -> None:
         if count:

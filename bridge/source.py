@@ -1,17 +1,18 @@
-"""The MQTT side of the bridge: a persistent-session subscription whose messages wait in an inbox
-until the bridge acks them, in the order they arrived.
+"""The MQTT side of the bridge: a persistent-session subscription, driven by the bridge's own loop.
 
-paho's network thread only files messages; the bridge's own thread takes them in batches. Each
-message remembers the connection it came on, and is never acked on a later one (the broker
+paho runs no thread here. The bridge calls `pump()` and decides each time whether to read: it stops
+reading when too much is in flight or downstream is full, while acks and keepalives keep flowing.
+Each message remembers the connection it came on and is never acked on a later one (the broker
 redelivers it there instead).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
+import select
+import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.intake import RawMessage
-from taskhub.mqtt import connect_async, new_client, reason_text
+from taskhub.mqtt import connect_properties, new_client, reason_text
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings
 from taskhub.topics import SHARE_PREFIX
@@ -45,7 +46,7 @@ def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
 
 
 class MqttSource:
-    """Subscribes every route and hands out received messages in arrival order."""
+    """Subscribes every route and collects received messages in arrival order."""
 
     def __init__(self, settings: MqttSettings, routes: RouteTable) -> None:
         self.settings = settings
@@ -57,10 +58,11 @@ class MqttSource:
             )
             for route in routes
         ]
-        self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.received: deque[Received] = deque()
         self.connection = 0
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()
+        self.connected = False
+        self._reconnect_at = 0.0
+        self._reconnect_delay = settings.reconnect_min_delay
         self._last_failure: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -71,62 +73,120 @@ class MqttSource:
         group = self.settings.share_group
         return f"{SHARE_PREFIX}{group}/{topic_filter}" if group else topic_filter
 
-    def start(self) -> None:
-        log.info(
-            "connecting to mqtt://%s:%d as %s (MQTT %s, persistent session)",
-            self.settings.host,
-            self.settings.port,
-            self.settings.client_id,
-            self.settings.protocol.value,
-        )
-        connect_async(self.client, self.settings, persistent=True)
-        self.client.loop_start()
-
-    def stop(self) -> None:
-        """Disconnect after every ack already given has been sent; the session stays."""
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def take(self, max_items: int, wait: float, linger: float) -> list[Received]:
-        """Up to `max_items` messages: waits `wait`s for the first, `linger`s for more."""
-        try:
-            batch = [self.inbox.get(timeout=wait)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + linger
-        while len(batch) < max_items:
+    def pump(self, *, read: bool, room: int, timeout: float) -> None:
+        """Service the connection once: connect if due, read up to `room` messages if `read`,
+        send what is queued (acks first of all), keep the session alive. Waits at most `timeout`.
+        """
+        sock = self.client.socket()
+        if sock is None:
+            self._maybe_reconnect(timeout)
+            return
+        readable = [sock] if read and room > 0 else []
+        writable = [sock] if self.client.want_write() else []
+        pending_tls = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if not pending_tls and (readable or writable or timeout > 0):
             try:
-                batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self.inbox.get(timeout=remaining))
-                except queue.Empty:
-                    break
-        return batch
+                readable, writable, _ = select.select(readable, writable, [], timeout)
+            except (OSError, ValueError):
+                readable, writable = [], []
+        if readable or pending_tls:
+            self._read(room)
+        if self.client.want_write():
+            self.client.loop_write()
+        self.client.loop_misc()
+
+    def _read(self, room: int) -> None:
+        """Read packets while they keep coming and there is room for the messages they carry."""
+        while room > 0:
+            before = len(self.received)
+            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                return
+            if len(self.received) == before and not self.more_waiting():
+                return
+            room -= len(self.received) - before
+
+    def more_waiting(self) -> bool:
+        """Whether the socket has more to read right now."""
+        sock = self.client.socket()
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            return True
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def flush(self, timeout: float) -> None:
+        """Send everything queued (acks) within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.client.want_write() and time.monotonic() < deadline:
+            self.pump(read=False, room=0, timeout=0.05)
 
     def is_current(self, received: Received) -> bool:
-        return received.connection == self.connection and self.connected.is_set()
+        return self.connected and received.connection == self.connection
 
     def ack(self, received: Received) -> None:
         """Ack one message, unless its connection is gone (the broker will redeliver it)."""
         if received.qos > 0 and self.is_current(received):
             self.client.ack(received.mid, received.qos)
 
+    def close(self) -> None:
+        """Send the acks already given, then disconnect; the broker keeps the session."""
+        self.flush(timeout=5.0)
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            self.flush(timeout=5.0)
+
+    def _maybe_reconnect(self, timeout: float) -> None:
+        now = time.monotonic()
+        if now < self._reconnect_at:
+            time.sleep(min(timeout, self._reconnect_at - now))
+            return
+        if self.connection == 0 and self._last_failure is None:
+            log.info(
+                "connecting to mqtt://%s:%d as %s (MQTT %s, persistent session)",
+                self.settings.host,
+                self.settings.port,
+                self.settings.client_id,
+                self.settings.protocol.value,
+            )
+        try:
+            self.client.connect(
+                self.settings.host,
+                self.settings.port,
+                keepalive=self.settings.keepalive,
+                clean_start=False
+                if self.settings.protocol is MqttProtocol.V5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=connect_properties(self.settings),
+            )
+        except (OSError, ssl.SSLError) as error:
+            self._connect_failed(f"{type(error).__name__}: {error}")
+
+    def _connect_failed(self, why: str) -> None:
+        if why != self._last_failure:
+            log.error(
+                "mqtt connection to %s:%d failed: %s (retrying with backoff up to %gs)",
+                self.settings.host,
+                self.settings.port,
+                why,
+                self.settings.reconnect_max_delay,
+            )
+            self._last_failure = why
+        self._reconnect_at = time.monotonic() + self._reconnect_delay
+        self._reconnect_delay = min(self._reconnect_delay * 2, self.settings.reconnect_max_delay)
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         if reason.is_failure:
-            text = reason_text(reason)
-            if text != self._last_failure:
-                log.error("mqtt connection refused: %s (retrying with backoff)", text)
-                self._last_failure = text
+            self._connect_failed(f"refused: {reason_text(reason)}")
             return
         self._last_failure = None
+        self._reconnect_delay = self.settings.reconnect_min_delay
         self.connection += 1
-        self.connected.set()
+        self.connected = True
         log.info("mqtt connected (session present: %s)", flags.session_present)
         if self.settings.protocol is MqttProtocol.V5:
             client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions])
@@ -136,11 +196,10 @@ class MqttSource:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        was_connected = self.connected.is_set()
-        self.connected.clear()
-        self.subscribed.clear()
-        if was_connected:
+        if self.connected:
             log.warning("mqtt disconnected: %s", reason_text(reason))
+            self._reconnect_at = time.monotonic() + self._reconnect_delay
+        self.connected = False
 
     def _on_subscribe(
         self,
@@ -155,8 +214,6 @@ class MqttSource:
                 log.error("mqtt subscription to %s refused: %s", topic_filter, reason_text(granted))
             else:
                 log.info("mqtt subscribed to %s (QoS %d)", topic_filter, granted.value)
-        if not any(granted.is_failure for granted in reason_codes):
-            self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # MQTT requires UTF-8 topic names; a broker that lets a bad one through must not stop us.
@@ -165,4 +222,4 @@ class MqttSource:
         except UnicodeDecodeError:
             topic = bytes(message._topic).decode("utf-8", "replace")
         raw = RawMessage(topic, bytes(message.payload), _properties_of(message))
-        self.inbox.put(Received(raw, message.mid, message.qos, self.connection))
+        self.received.append(Received(raw, message.mid, message.qos, self.connection))

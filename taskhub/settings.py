@@ -143,14 +143,24 @@ class HttpSettings(_Block):
 
 
 class TaskSettings(_Block):
-    """Limits every task runs under; the broker's visibility timeout must outlast them."""
+    """Limits every task runs under, and how fast a lost worker's tasks come back.
+
+    A task a worker holds is unacked in Redis for its retry countdown plus its run time; the
+    visibility timeout must outlast both, or Redis hands a live task to a second worker.
+    """
 
     soft_time_limit: Seconds = 60.0
     time_limit: Seconds = 90.0
     max_retries: int = Field(5, ge=0)
     retry_backoff_max: Seconds = 60.0
-    visibility_timeout: Seconds = 3600.0
-    """Seconds before Redis hands an unacked task to another worker; must exceed time_limit."""
+    visibility_timeout: Seconds = 300.0
+    """Seconds before Redis hands an unacked task to another worker."""
+    unacked_restore_interval: Seconds = 5.0
+    """How often workers sweep for tasks whose visibility timeout passed (a killed worker's)."""
+    soft_shutdown_timeout: Seconds = 10.0
+    """On SIGTERM, how long running tasks may finish before they are requeued."""
+    idempotency_window: Seconds = 7 * 86_400.0
+    """How long a task's done-marker absorbs duplicates of it."""
     result_expires: Seconds = 86_400.0
     result_ttl: Seconds = 7 * 86_400.0
     """How long a task's stored effect (e.g. a resolved check-in) is kept in Redis."""
@@ -159,24 +169,55 @@ class TaskSettings(_Block):
     def _check(self) -> Self:
         if self.soft_time_limit >= self.time_limit:
             raise ValueError("soft_time_limit must be less than time_limit")
-        if self.visibility_timeout <= self.time_limit:
+        if self.visibility_timeout <= self.time_limit + self.retry_backoff_max:
             raise ValueError(
-                f"visibility_timeout ({self.visibility_timeout:g}s) must exceed time_limit "
-                f"({self.time_limit:g}s), or Redis redelivers tasks that are still running"
+                f"visibility_timeout ({self.visibility_timeout:g}s) must exceed time_limit + "
+                f"retry_backoff_max ({self.time_limit + self.retry_backoff_max:g}s), or Redis "
+                "redelivers tasks that are still running or waiting to retry"
             )
+        if self.idempotency_window < self.visibility_timeout:
+            raise ValueError("idempotency_window must be at least visibility_timeout")
         return self
+
+    @property
+    def redelivery_bound(self) -> float:
+        """Longest time before a killed worker's task is back on its queue."""
+        return self.visibility_timeout + self.unacked_restore_interval
 
 
 class BridgeSettings(_Block):
-    """How the bridge batches its publishes to Redis."""
+    """How the bridge batches, bounds and spools its work."""
 
     batch_size: int = Field(100, ge=1, le=10_000)
-    """Most messages in one Redis pipeline."""
+    """Most messages in one Redis transaction."""
     batch_linger_ms: float = Field(0.0, ge=0, le=10_000)
     """Extra wait for a batch to fill; 0 flushes as soon as nothing more is waiting."""
+    max_in_flight: int = Field(1000, ge=1, le=65_535)
+    """Most messages received but not yet acked; reading pauses at this bound."""
+    high_watermark: int = Field(50_000, ge=1)
+    """Stop reading MQTT when any route queue holds this many tasks."""
+    low_watermark: int = Field(25_000, ge=0)
+    """Read again once every route queue is down to this many."""
+    spool_dir: Path = Path("var/spool")
+    """Where each replica keeps its durable spool (one SQLite file per client id)."""
+    spool_max: int = Field(1_000_000, ge=1)
+    """Most messages the spool holds; when full, the bridge stops acking."""
     redis_retry_min_delay: Seconds = 0.2
     redis_retry_max_delay: Seconds = 10.0
     max_payload_bytes: int = Field(256 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.batch_size > self.max_in_flight:
+            raise ValueError("batch_size must not exceed max_in_flight")
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError("low_watermark must be below high_watermark")
+        if self.redis_retry_min_delay > self.redis_retry_max_delay:
+            raise ValueError("redis_retry_min_delay must not exceed redis_retry_max_delay")
+        return self
+
+    def spool_path(self, client_id: str) -> Path:
+        return self.spool_dir / f"{client_id}.sqlite3"
 
 
 class StandinSettings(_Block):

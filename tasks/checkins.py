@@ -13,14 +13,17 @@ from typing import Any
 
 import httpx
 from celery import Task
+from redis.client import Pipeline
 
 from taskhub.celery import app
 from taskhub.payloads import CheckinTweet
 from taskhub.settings import get_settings
 from tasks.http import http_client
+from tasks.idempotency import Writes, run_once
 from tasks.store import save_effect
 
 EFFECT_KIND = "checkin"
+RESOLVED_STREAM_MAXLEN = 1_000_000
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the log
 _VENUE_PATH = re.compile(r"/v/(?:[^/]+/)?([A-Za-z0-9]{6,32})/?$")
 
@@ -76,20 +79,38 @@ def fetch_venue(client: httpx.Client, venue_id: str) -> dict[str, Any]:
     max_retries=get_settings().tasks.max_retries,
 )
 def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) -> dict[str, Any]:
-    """Resolve `tweet` to its venue and store the result under the tweet's id."""
+    """Resolve `tweet` to its venue; store it under the tweet's id and announce it, once."""
     checkin = CheckinTweet.model_validate(tweet)
-    client = http_client(get_settings().http)
-    venue_id = expand_short_link(client, checkin.short_code)
-    venue = fetch_venue(client, venue_id)
-    result = {
-        "tweet_id": checkin.id,
-        "user": checkin.user.screen_name,
-        "city": city,
-        "short_code": checkin.short_code,
-        "venue": venue,
-        "task_id": self.request.id,
-        "retries": self.request.retries,
-        "resolved_at": datetime.now(UTC).isoformat(),
-    }
-    save_effect(EFFECT_KIND, checkin.id, result)
-    return result
+
+    def compute() -> tuple[dict[str, Any], Writes]:
+        client = http_client(get_settings().http)
+        venue_id = expand_short_link(client, checkin.short_code)
+        venue = fetch_venue(client, venue_id)
+        result = {
+            "tweet_id": checkin.id,
+            "user": checkin.user.screen_name,
+            "city": city,
+            "short_code": checkin.short_code,
+            "venue": venue,
+            "task_id": self.request.id,
+            "retries": self.request.retries,
+            "resolved_at": datetime.now(UTC).isoformat(),
+        }
+
+        def writes(pipe: Pipeline) -> None:
+            save_effect(pipe, EFFECT_KIND, checkin.id, result)
+            pipe.xadd(
+                resolved_stream(),
+                {"tweet_id": checkin.id, "task_id": str(self.request.id)},
+                maxlen=RESOLVED_STREAM_MAXLEN,
+                approximate=True,
+            )
+
+        return result, writes
+
+    return run_once(self.name, f"{EFFECT_KIND}:{checkin.id}", compute)
+
+
+def resolved_stream() -> str:
+    """The stream announcing each resolved check-in once, for whatever consumes them."""
+    return f"{get_settings().key_prefix}:checkins:resolved"

@@ -6,6 +6,7 @@ from typing import Any
 
 from taskhub.celery import app
 from taskhub.payloads import SensorReading
+from tasks.idempotency import Writes, run_once
 from tasks.store import save_effect
 
 EFFECT_KIND = "reading"
@@ -13,8 +14,11 @@ EFFECT_KIND = "reading"
 
 @app.task(name="tasks.sensors.record_reading")
 def record_reading(reading: dict[str, Any], device_id: str = "unknown") -> dict[str, Any]:
-    """Keep `reading` as the device's latest."""
+    """Keep `reading` as the device's latest, once per device and sequence number."""
     checked = SensorReading.model_validate(reading)
     document = {"device_id": device_id, **checked.model_dump(mode="json")}
-    save_effect(EFFECT_KIND, device_id, document)
-    return document
+
+    def compute() -> tuple[dict[str, Any], Writes]:
+        return document, lambda pipe: save_effect(pipe, EFFECT_KIND, device_id, document)
+
+    return run_once(record_reading.name, f"{EFFECT_KIND}:{device_id}:{checked.seq}", compute)

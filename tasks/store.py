@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from taskhub.settings import get_settings
 
@@ -26,11 +27,7 @@ def effect_key(kind: str, identity: str) -> str:
     return f"{get_settings().key_prefix}:{kind}:{identity}"
 
 
-def save_effect(kind: str, identity: str, document: dict[str, Any]) -> None:
+def save_effect(pipe: Pipeline, kind: str, identity: str, document: dict[str, Any]) -> None:
+    """Queue the write of `document` on `pipe`, to commit with the task's done-marker."""
     ttl = int(get_settings().tasks.result_ttl)
-    store_redis().set(effect_key(kind, identity), json.dumps(document), ex=ttl)
-
-
-def load_effect(kind: str, identity: str) -> dict[str, Any] | None:
-    raw = store_redis().get(effect_key(kind, identity))
-    return None if raw is None else dict(json.loads(raw))
+    pipe.set(effect_key(kind, identity), json.dumps(document), ex=ttl)

@@ -56,9 +56,10 @@ def test_bridge_holds_acks_while_redis_is_down_and_lands_everything_after(
         private_redis.start()
 
         wait_for(lambda: queue.llen("checkins") == 100, TIMEOUT, "all 100 tasks in Redis")
-        bridge.wait_output("redis took the batch after", TIMEOUT)
+        bridge.wait_output("spool drained", TIMEOUT)
     finally:
         queue.close()
         exit_code = bridge.terminate()
     assert exit_code == 0
     assert "abandoned=0" in bridge.output()
+    assert "spool=0" in bridge.output()

@@ -32,7 +32,9 @@ def _compose() -> dict[str, Any]:
 def test_procfile_runs_every_process_with_autoscaling_worker() -> None:
     procfile = _procfile()
     assert set(procfile) == PROCESSES | {"feed"}
-    assert procfile["worker"].startswith("celery -A taskhub worker --autoscale=")
+    assert procfile["worker"].startswith(
+        "env REMAP_SIGTERM=SIGQUIT celery -A taskhub worker --autoscale="
+    )
     assert procfile["flower"].startswith("celery -A taskhub flower")
     assert procfile["bridge"] == "python -m bridge"
 
@@ -42,7 +44,9 @@ def test_compose_runs_the_procfile_commands_beside_redis_and_mosquitto() -> None
     assert set(services) >= PROCESSES | {"redis", "mosquitto"}
     for name, command in _procfile().items():
         compose_command = " ".join(services[name]["command"])
+        command = command.removeprefix("env REMAP_SIGTERM=SIGQUIT ")
         assert command.split(" --address")[0] in compose_command, name
+    assert services["worker"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
 
 
 def test_compose_redis_keeps_an_aof_and_never_evicts() -> None:

@@ -152,4 +152,4 @@ def test_replicas_on_a_shared_subscription_split_the_stream_over_mqtt_311(
 def _enqueued_count(output: str) -> int:
     line = output.rpartition("bridge stopped:")[2].split()
     counts = dict(part.split("=") for part in line if "=" in part)
-    return int(counts["enqueued"])
+    return int(counts["landed"]) + int(counts["spooled"])

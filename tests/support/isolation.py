@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 
 import redis
@@ -54,6 +55,7 @@ def configure_run() -> tuple[str, int]:
             "TASKHUB_TOPIC_PREFIX": f"test-{run_id}/",
             "TASKHUB_MQTT__CLIENT_ID": f"test-{run_id}-bridge",
             "TASKHUB_STANDIN__PORT": str(standin_port),
+            "TASKHUB_BRIDGE__SPOOL_DIR": tempfile.mkdtemp(prefix=f"taskhub-{run_id}-spool-"),
             "TASKHUB_STANDIN__LATENCY_MS": "1",
             "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"{standin}/s",
             "TASKHUB_HTTP__VENUE_API_BASE_URL": f"{standin}/v2",

@@ -1,0 +1,103 @@
+"""Where each batch goes: Redis if it takes it, else the durable spool, else nowhere yet (held,
+unacked). While the spool holds anything, new batches queue behind it so arrival order survives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+
+from bridge.backpressure import Backpressure
+from bridge.outbound import Outbound
+from bridge.publisher import PublishFailed, RedisPublisher
+from bridge.spool import Spool, SpoolFull
+
+log = logging.getLogger("taskhub.bridge")
+
+REPLAY_CHUNK = 500
+
+
+class Outcome(StrEnum):
+    LANDED = "landed"
+    """Redis holds it: ack."""
+    SPOOLED = "spooled"
+    """The spool holds it on disk: ack; replay will land it."""
+    HELD = "held"
+    """Neither could take it: do not ack; try again later."""
+
+
+class Delivery:
+    def __init__(
+        self,
+        publisher: RedisPublisher,
+        spool: Spool,
+        backpressure: Backpressure,
+        retry_min_delay: float,
+        retry_max_delay: float,
+    ) -> None:
+        self.publisher = publisher
+        self.spool = spool
+        self.backpressure = backpressure
+        self.retry_min_delay = retry_min_delay
+        self.retry_max_delay = retry_max_delay
+        self._redis_retry_at = 0.0
+        self._redis_delay = retry_min_delay
+        self._redis_down_since: float | None = None
+        self.replayed = 0
+
+    @property
+    def redis_due(self) -> bool:
+        return time.monotonic() >= self._redis_retry_at
+
+    def deliver(self, items: Sequence[Outbound]) -> list[Outcome]:
+        """Put `items` somewhere durable and say where, one outcome per item."""
+        if not len(self.spool) and self.redis_due and self._try_land(items):
+            return [Outcome.LANDED] * len(items)
+        try:
+            self.spool.append(items)
+        except SpoolFull:
+            return [Outcome.HELD] * len(items)
+        return [Outcome.SPOOLED] * len(items)
+
+    def replay(self) -> None:
+        """Move the oldest spooled items to Redis, if Redis is due for another try."""
+        if not len(self.spool) or not self.redis_due:
+            return
+        last_seq, items = self.spool.oldest(REPLAY_CHUNK)
+        if self._try_land(items):
+            self.spool.remove_through(last_seq)
+            self.replayed += len(items)
+            if not len(self.spool):
+                log.info("spool drained: %d messages replayed into redis", self.replayed)
+
+    def poll_depths(self) -> None:
+        """Refresh backpressure while paused (nothing is being landed to report depths)."""
+        if not self.redis_due:
+            return
+        try:
+            self.backpressure.observe(self.publisher.depths())
+        except PublishFailed as error:
+            self._redis_failed(error)
+
+    def _try_land(self, items: Sequence[Outbound]) -> bool:
+        try:
+            depths = self.publisher.land(items)
+        except PublishFailed as error:
+            self._redis_failed(error)
+            return False
+        if self._redis_down_since is not None:
+            log.info("redis is back after %.1fs", time.monotonic() - self._redis_down_since)
+        self._redis_down_since = None
+        self._redis_delay = self.retry_min_delay
+        self.backpressure.observe(depths)
+        return True
+
+    def _redis_failed(self, error: PublishFailed) -> None:
+        now = time.monotonic()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            log.error("redis did not take a batch: %s; spooling to %s", error, self.spool.path)
+        self._redis_retry_at = now + self._redis_delay
+        self._redis_delay = min(self._redis_delay * 2, self.retry_max_delay)

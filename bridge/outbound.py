@@ -1,0 +1,37 @@
+"""What the bridge writes to Redis, already serialized: a task message for a queue, or a dead letter
+for a stream. The same bytes go to Redis, to the spool, and from the spool to Redis on replay.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bridge.deadletter import DeadLetter
+from bridge.messages import MessageBuilder, TaskCall
+
+
+class Kind(StrEnum):
+    TASK = "task"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    kind: Kind
+    key: str
+    """The queue (tasks) or stream (dead letters) it goes to."""
+    body: str
+    """The task message as kombu stores it, or the dead letter's fields as a JSON object."""
+
+    @classmethod
+    def task(cls, call: TaskCall, builder: MessageBuilder) -> Outbound:
+        return cls(Kind.TASK, call.queue, builder.build(call))
+
+    @classmethod
+    def dead_letter(cls, letter: DeadLetter, stream: str) -> Outbound:
+        return cls(Kind.DEAD_LETTER, stream, json.dumps(letter.as_stream_fields()))
+
+    def stream_fields(self) -> dict[str, str]:
+        return dict(json.loads(self.body))

@@ -1,0 +1,78 @@
+"""Exactly-once effects in Redis, whatever redelivers a task.
+
+A task's Redis writes commit in one transaction with its done-marker, watched so that two copies
+running at once cannot both commit. A copy that finds the marker (an MQTT redelivery, a spool
+replay, a Celery redelivery after a lost worker) does nothing and returns the first result.
+Duplicates absorbed this way are counted per task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from taskhub.settings import get_settings
+from tasks.store import store_redis
+
+Writes = Callable[[Pipeline], None]
+
+
+def done_key(identity: str) -> str:
+    return f"{get_settings().key_prefix}:done:{identity}"
+
+
+def duplicates_key() -> str:
+    return f"{get_settings().key_prefix}:stats:duplicates_absorbed"
+
+
+def previous_result(identity: str) -> dict[str, Any] | None:
+    """The result of the copy that already committed `identity`, if any did."""
+    raw = store_redis().get(done_key(identity))
+    return None if raw is None else dict(json.loads(raw))
+
+
+def absorb_duplicate(task_name: str, identity: str) -> dict[str, Any]:
+    """Count a duplicate and return the committed result it duplicates."""
+    store_redis().hincrby(duplicates_key(), task_name, 1)
+    result = previous_result(identity)
+    if result is None:  # the marker expired between our two reads: the window was too short
+        raise RuntimeError(
+            f"done-marker for {identity} vanished; TASKHUB_TASKS__IDEMPOTENCY_WINDOW"
+        )
+    return result
+
+
+def commit_once(identity: str, result: dict[str, Any], writes: Writes) -> bool:
+    """Apply `writes` and mark `identity` done, atomically; False if another copy did first."""
+    key = done_key(identity)
+    window = int(get_settings().tasks.idempotency_window)
+    with store_redis().pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.exists(key):
+                return False
+            pipe.multi()
+            writes(pipe)
+            pipe.set(key, json.dumps(result), ex=window)
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
+
+
+def run_once(
+    task_name: str,
+    identity: str,
+    compute: Callable[[], tuple[dict[str, Any], Writes]],
+) -> dict[str, Any]:
+    """Compute a result and commit its writes unless `identity` is already done."""
+    if previous_result(identity) is not None:
+        return absorb_duplicate(task_name, identity)
+    result, writes = compute()
+    if not commit_once(identity, result, writes):
+        return absorb_duplicate(task_name, identity)
+    return result
