@@ -63,3 +63,78 @@ def test_bridge_holds_acks_while_redis_is_down_and_lands_everything_after(
     assert exit_code == 0
     assert "abandoned=0" in bridge.output()
     assert "spool=0" in bridge.output()
+
+
+REDIS_OUTAGE_SECONDS = 30.0
+"""The scenario's length, not a wait for an event: Redis stays down this long."""
+
+
+def _spooled(spool: Path) -> int:
+    import sqlite3
+
+    if not spool.exists():
+        return 0
+    with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+
+def _task_ids(queue: redis.Redis) -> list[str]:
+    import json
+
+    return [json.loads(raw)["headers"]["id"] for raw in queue.lrange("checkins", 0, -1)]
+
+
+def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
+    private_redis: RedisServer, log_dir: Path
+) -> None:
+    import threading
+    import time
+
+    settings = get_settings()
+    client_id = f"{settings.mqtt.client_id}-spool"
+    spool = settings.bridge.spool_path(client_id)
+    receive_maximum = 100
+    bridge = Process(
+        "bridge",
+        python_module("bridge"),
+        log_dir,
+        {
+            "TASKHUB_BROKER_URL": private_redis.url,
+            "TASKHUB_MQTT__CLIENT_ID": client_id,
+            # The broker may send at most this many unacked: spooling more proves the acks.
+            "TASKHUB_MQTT__RECEIVE_MAXIMUM": str(receive_maximum),
+            "TASKHUB_BRIDGE__MAX_IN_FLIGHT": str(receive_maximum),
+        },
+    ).start()
+    queue = redis.Redis.from_url(private_redis.url)
+    total, rate = 4000, 100.0
+    feed = threading.Thread(target=_publish_paced, args=(total, 70_000, rate))
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        feed.start()
+        wait_for(lambda: queue.llen("checkins") >= 200, TIMEOUT, "tasks landing before the outage")
+        private_redis.kill()
+        down_at = time.monotonic()
+        bridge.wait_output("spooling to", TIMEOUT)
+        time.sleep(max(0.0, REDIS_OUTAGE_SECONDS - (time.monotonic() - down_at)))
+        spooled_during_outage = _spooled(spool)
+        private_redis.start()
+        feed.join(timeout=120)
+        assert not feed.is_alive()
+
+        wait_for(lambda: len(set(_task_ids(queue))) == total, TIMEOUT, f"all {total} tasks")
+        wait_for(lambda: _spooled(spool) == 0, TIMEOUT, "the spool to drain")
+    finally:
+        queue.close()
+        exit_code = bridge.terminate()
+    assert spooled_during_outage > 2 * receive_maximum, "messages were spooled and acked"
+    assert exit_code == 0
+    assert "spool drained" in bridge.output()
+    assert "spool=0" in bridge.output()
+
+
+def _publish_paced(count: int, id_base: int, rate: float) -> None:
+    settings = get_settings()
+    topic = settings.topic_prefix + "checkins/{city}/tweets"
+    messages = checkin_tweets(count, id_base=id_base, topic=topic, seed=id_base)
+    assert publish(settings.mqtt, messages, rate=rate, total=count, show_progress=False) == count

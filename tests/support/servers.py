@@ -81,3 +81,24 @@ class RedisServer(_Server):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+REPO_MOSQUITTO_CONF = Path(__file__).resolve().parents[2] / "scripts" / "mosquitto.conf"
+
+
+class MosquittoServer(_Server):
+    """Mosquitto with the repo's own config (persistence on, no queue limit) on a spare port."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        config = REPO_MOSQUITTO_CONF.read_text()
+        config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")
+        config = config.replace("/mosquitto/data/", f"{self.workdir}/")
+        config = config.replace("autosave_interval 30", "autosave_interval 1")
+        (self.workdir / "mosquitto.conf").write_text(config)
+
+    def argv(self) -> list[str]:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        return [binary, "-c", str(self.workdir / "mosquitto.conf")]

@@ -1,0 +1,93 @@
+"""Above the high watermark the bridge stops reading MQTT; the queue stays bounded while the broker
+holds the backlog, and everything is processed once workers catch up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskhub.demo.feed import checkin_tweets, publish
+from taskhub.settings import get_settings
+from tests.conftest import stored_checkins
+from tests.support.processes import BRIDGE_READY, Process, celery, python_module, wait_for
+from tests.support.servers import MosquittoServer
+
+pytestmark = pytest.mark.e2e
+
+HIGH, LOW, IN_FLIGHT, BATCH = 300, 100, 100, 50
+TOTAL = 2000
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """The shared broker drops what it queues past 1000 per session; the repo's config does not."""
+    server = MosquittoServer(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.usefixtures("standin")
+def test_queue_depth_stays_below_high_watermark_plus_in_flight(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    bridge = Process(
+        "bridge",
+        python_module("bridge"),
+        log_dir,
+        {
+            "TASKHUB_MQTT__CLIENT_ID": f"{get_settings().mqtt.client_id}-bp",
+            "TASKHUB_BRIDGE__HIGH_WATERMARK": str(HIGH),
+            "TASKHUB_BRIDGE__LOW_WATERMARK": str(LOW),
+            "TASKHUB_BRIDGE__MAX_IN_FLIGHT": str(IN_FLIGHT),
+            "TASKHUB_MQTT__RECEIVE_MAXIMUM": str(IN_FLIGHT),
+            "TASKHUB_BRIDGE__BATCH_SIZE": str(BATCH),
+            "TASKHUB_MQTT__PORT": str(private_mosquitto.port),
+        },
+    ).start()
+    depths: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        probe = redis.Redis.from_url(get_settings().broker_url.get_secret_value())
+        while not sampling.is_set():
+            depths.append(int(probe.llen("checkins")))
+        probe.close()
+
+    sampler = threading.Thread(target=sample)
+    worker: Process | None = None
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        sampler.start()
+        settings = get_settings()
+        topic = settings.topic_prefix + "checkins/{city}/tweets"
+        messages = checkin_tweets(TOTAL, id_base=80_000, topic=topic, seed=1)
+        assert publish(mqtt, messages, rate=0, total=TOTAL, show_progress=False) == TOTAL
+        bridge.wait_output("pausing intake", timeout=30)
+        wait_for(lambda: len(depths) > 1000, 30, "depth samples while paused")
+
+        worker = Process(
+            "worker",
+            celery("worker", "-c", "4", "-l", "INFO", "--without-mingle", "--without-gossip"),
+            log_dir,
+            {},
+        ).start()
+        tweet_ids = [str(80_000 + n) for n in range(TOTAL)]
+        wait_for(
+            lambda: stored_checkins(broker_redis, tweet_ids) == TOTAL, 180, "every check-in stored"
+        )
+    finally:
+        sampling.set()
+        sampler.join(timeout=10)
+        if worker is not None:
+            worker.kill()
+        bridge.terminate()
+    assert max(depths) >= HIGH, "the test never reached the watermark"
+    assert max(depths) <= HIGH + IN_FLIGHT
+    assert "resuming intake" in bridge.output()

@@ -1,0 +1,78 @@
+"""Duplicates of a task, however they arise, never repeat its effect, and are counted."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from taskhub.demo.standin import StandinServer
+from tests.support.processes import wait_for
+
+TIMEOUT = 30
+
+
+def _tweet(tweet_id: str) -> dict[str, Any]:
+    return {
+        "id": tweet_id,
+        "text": "I'm at somewhere http://4sq.com/Dup0001",
+        "user": {"screen_name": "tester"},
+        "created_at": "2026-11-22T10:00:00Z",
+    }
+
+
+@pytest.fixture
+def embedded_worker(broker_redis: redis.Redis, standin: StandinServer) -> Iterator[None]:
+    from taskhub.celery import app
+
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
+        yield
+
+
+@pytest.mark.usefixtures("embedded_worker")
+def test_the_same_checkin_sent_three_times_takes_effect_once(broker_redis: redis.Redis) -> None:
+    from tasks.checkins import resolve_checkin, resolved_stream
+    from tasks.idempotency import duplicates_key
+
+    results = [resolve_checkin.delay(_tweet("7001")) for _ in range(3)]
+    values = [result.get(timeout=TIMEOUT) for result in results]
+
+    assert len({value["task_id"] for value in values}) == 1, "all three return the first result"
+    assert broker_redis.xlen(resolved_stream()) == 1
+    assert int(broker_redis.hget(duplicates_key(), "tasks.checkins.resolve_checkin") or 0) == 2
+
+
+def test_copies_racing_to_commit_let_exactly_one_through(broker_redis: redis.Redis) -> None:
+    from tasks.idempotency import commit_once
+
+    barrier = threading.Barrier(8)
+    wins: list[bool] = []
+
+    def attempt(n: int) -> None:
+        barrier.wait(timeout=10)
+        won = commit_once("race:1", {"n": n}, lambda pipe: pipe.rpush("race-effects", n))
+        wins.append(won)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    wait_for(lambda: len(wins) == 8, TIMEOUT, "every racer to finish")
+    assert wins.count(True) == 1
+    assert broker_redis.llen("race-effects") == 1
+
+
+def test_a_sensor_reading_redelivered_is_recorded_once(broker_redis: redis.Redis) -> None:
+    from tasks.idempotency import duplicates_key
+    from tasks.sensors import record_reading
+
+    reading = {"seq": 5, "value": 1.5, "ts": "2026-11-22T10:00:00Z"}
+    first = record_reading.run(reading, device_id="d9")
+    again = record_reading.run(reading | {"value": 99.0}, device_id="d9")
+    assert again == first
+    assert int(broker_redis.hget(duplicates_key(), "tasks.sensors.record_reading") or 0) == 1

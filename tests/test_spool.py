@@ -1,0 +1,46 @@
+"""The durable spool keeps arrival order, survives a restart, and refuses to grow past its bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.outbound import Kind, Outbound
+from bridge.spool import Spool, SpoolFull
+
+
+def _items(start: int, count: int) -> list[Outbound]:
+    return [Outbound(Kind.TASK, "checkins", f'{{"n": {n}}}') for n in range(start, start + count)]
+
+
+def test_spooled_items_come_back_oldest_first_across_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_messages=100)
+    spool.append(_items(0, 3))
+    spool.append(_items(3, 2))
+    spool.close()
+
+    reopened = Spool(tmp_path / "s.sqlite3", max_messages=100)
+    assert len(reopened) == 5
+    last, items = reopened.oldest(4)
+    assert [item.body for item in items] == [f'{{"n": {n}}}' for n in range(4)]
+    reopened.remove_through(last)
+    assert len(reopened) == 1
+    assert reopened.oldest(10)[1] == _items(4, 1)
+
+
+def test_a_full_spool_refuses_the_whole_batch(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_messages=5)
+    spool.append(_items(0, 4))
+    with pytest.raises(SpoolFull):
+        spool.append(_items(4, 2))
+    assert len(spool) == 4
+    spool.append(_items(4, 1))
+    assert len(spool) == 5
+
+
+def test_the_spool_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_messages=5)
+    db = spool._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
