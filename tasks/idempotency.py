@@ -18,7 +18,7 @@ from redis.client import Pipeline
 from taskhub.settings import get_settings
 from tasks.store import store_redis
 
-Writes = Callable[[Pipeline], None]
+Writes = Callable[[Pipeline], object]
 
 
 def done_key(identity: str) -> str:
