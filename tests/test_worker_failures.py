@@ -1,0 +1,165 @@
+"""A task whose worker dies is run again, and its effect still happens once: a pool child SIGKILLed,
+a whole worker SIGKILLed, and a worker told to stop (SIGTERM) mid-task.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import load_checkin
+from tests.support.isolation import free_port
+from tests.support.processes import WORKER_READY, Process, celery, python_module, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SLOW_LATENCY_MS = 4000
+"""Each of the task's two requests takes 2-6 s: time enough to kill its worker mid-task."""
+VISIBILITY = 25
+TIMEOUT = 90
+
+
+@pytest.fixture
+def slow_standin(log_dir: Path) -> Iterator[str]:
+    import httpx
+
+    port = free_port()
+    process = Process(
+        "slow-standin",
+        python_module("taskhub.cli", "standin", "--port", str(port)),
+        log_dir,
+        {"TASKHUB_STANDIN__LATENCY_MS": str(SLOW_LATENCY_MS)},
+    ).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, 30, "the slow stand-in")
+    yield base
+    process.kill()
+
+
+@pytest.fixture
+def worker_env(slow_standin: str) -> dict[str, str]:
+    """Short limits so a lost worker's task returns within the test."""
+    return {
+        "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"{slow_standin}/s",
+        "TASKHUB_HTTP__VENUE_API_BASE_URL": f"{slow_standin}/v2",
+        "TASKHUB_TASKS__SOFT_TIME_LIMIT": "15",
+        "TASKHUB_TASKS__TIME_LIMIT": "20",
+        "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "2",
+        "TASKHUB_TASKS__VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "TASKHUB_TASKS__UNACKED_RESTORE_INTERVAL": "1",
+        "TASKHUB_TASKS__SOFT_SHUTDOWN_TIMEOUT": "1",
+        "REMAP_SIGTERM": "SIGQUIT",
+    }
+
+
+def _worker(name: str, log_dir: Path, env: dict[str, str]) -> Process:
+    argv = celery("worker", "-c", "2", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
+    process = Process(name, argv, log_dir, env).start()
+    process.wait_output(WORKER_READY, timeout=60)
+    return process
+
+
+def _tweet(tweet_id: str) -> dict[str, Any]:
+    return {
+        "id": tweet_id,
+        "text": f"at http://4sq.com/Slow{tweet_id[-4:]}",
+        "user": {"screen_name": "tester"},
+        "created_at": "2026-11-22T10:00:00Z",
+    }
+
+
+def _start_slow_task(tweet_id: str) -> Any:
+    from tasks.checkins import resolve_checkin
+
+    result = resolve_checkin.delay(_tweet(tweet_id))
+    wait_for(lambda: result.state == "STARTED", 30, "the task to start")
+    return result
+
+
+def _resolved_count(client: redis.Redis, tweet_id: str) -> int:
+    from tasks.checkins import resolved_stream
+
+    entries = client.xrange(resolved_stream()) or []
+    return sum(1 for _, fields in entries if fields and fields[b"tweet_id"] == tweet_id.encode())
+
+
+def _wait_resolved_once(client: redis.Redis, tweet_id: str, timeout: float) -> None:
+    wait_for(lambda: load_checkin(client, tweet_id) is not None, timeout, f"check-in {tweet_id}")
+    assert _resolved_count(client, tweet_id) == 1
+
+
+def test_pool_child_killed_mid_task_runs_it_again(
+    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+) -> None:
+    from taskhub.celery import app
+
+    worker = _worker("child-kill", log_dir, worker_env)
+    try:
+        result = _start_slow_task("91001")
+        active = app.control.inspect(timeout=5).active() or {}
+        pids = [
+            task["worker_pid"]
+            for tasks in active.values()
+            for task in tasks
+            if task["id"] == result.id
+        ]
+        assert pids, f"task not among active tasks: {active}"
+        os.kill(pids[0], signal.SIGKILL)
+        _wait_resolved_once(broker_redis, "91001", TIMEOUT)
+    finally:
+        worker.kill()
+    assert "WorkerLostError" in worker.output()
+
+
+def test_whole_worker_killed_mid_task_gets_its_task_back_within_the_bound(
+    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+) -> None:
+    import time
+
+    first = _worker("doomed", log_dir, worker_env)
+    _start_slow_task("91002")
+    first.kill()
+    killed_at = time.monotonic()
+    assert load_checkin(broker_redis, "91002") is None
+
+    second = _worker("rescuer", log_dir, worker_env)
+    try:
+        bound = VISIBILITY + 1 + 30  # visibility + sweep interval + one task run, with margin
+        _wait_resolved_once(broker_redis, "91002", bound)
+    finally:
+        second.kill()
+    assert time.monotonic() - killed_at >= VISIBILITY - 1, "came back before the visibility timeout"
+
+
+def test_sigterm_requeues_the_running_task_instead_of_waiting_for_it(
+    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+) -> None:
+    import time
+
+    first = _worker("stopping", log_dir, worker_env)
+    _start_slow_task("91003")
+    asked = time.monotonic()
+    first.terminate(timeout=30)
+    stopped_in = time.monotonic() - asked
+    assert load_checkin(broker_redis, "91003") is None, "it waited for the task instead"
+    wait_for(lambda: broker_redis.llen("checkins") == 1, 10, "the task back on its queue")
+
+    second = _worker("successor", log_dir, worker_env)
+    try:
+        _wait_resolved_once(broker_redis, "91003", TIMEOUT)
+    finally:
+        second.kill()
+    assert stopped_in < SLOW_LATENCY_MS / 1000
