@@ -43,7 +43,9 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Not True: on a lost Redis connection Celery would terminate running tasks, mark them revoked
+# and ack them once Redis is back, so they never run again (found by scripts/chaos).
+worker_cancel_long_running_tasks_on_connection_loss = False
 # SIGTERM (with REMAP_SIGTERM=SIGQUIT) gives running tasks this long, then requeues them.
 worker_soft_shutdown_timeout = _settings.tasks.soft_shutdown_timeout
 worker_enable_soft_shutdown_on_idle = True

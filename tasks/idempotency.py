@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from celery.exceptions import Reject
 from redis.client import Pipeline
 
 from taskhub.settings import get_settings
@@ -69,10 +70,17 @@ def run_once(
     identity: str,
     compute: Callable[[], tuple[dict[str, Any], Writes]],
 ) -> dict[str, Any]:
-    """Compute a result and commit its writes unless `identity` is already done."""
-    if previous_result(identity) is not None:
-        return absorb_duplicate(task_name, identity)
-    result, writes = compute()
-    if not commit_once(identity, result, writes):
-        return absorb_duplicate(task_name, identity)
+    """Compute a result and commit its writes unless `identity` is already done.
+
+    If Redis itself is unreachable, the task is rejected back to its queue rather than failed:
+    Celery acks a failed task, which would lose it.
+    """
+    try:
+        if previous_result(identity) is not None:
+            return absorb_duplicate(task_name, identity)
+        result, writes = compute()
+        if not commit_once(identity, result, writes):
+            return absorb_duplicate(task_name, identity)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise Reject(error, requeue=True) from error
     return result

@@ -163,3 +163,42 @@ def test_sigterm_requeues_the_running_task_instead_of_waiting_for_it(
     finally:
         second.kill()
     assert stopped_in < SLOW_LATENCY_MS / 1000
+
+
+def test_redis_killed_while_tasks_run_loses_none_of_them(
+    log_dir: Path, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Celery would revoke and ack running tasks on a lost connection; taskhub turns that off."""
+    import json
+
+    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+    from tests.support.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    env = {**worker_env, "TASKHUB_BROKER_URL": server.url, "TASKHUB_RESULT_BACKEND": server.url}
+    worker = _worker("outage", log_dir, env)
+    client = redis.Redis.from_url(server.url)
+    builder = MessageBuilder()
+    tweet_ids = ["92001", "92002"]
+    task_ids = [deterministic_task_id("tasks.checkins.resolve_checkin", t) for t in tweet_ids]
+    try:
+        for tweet_id, task_id in zip(tweet_ids, task_ids, strict=True):
+            call = TaskCall(
+                "tasks.checkins.resolve_checkin", task_id, "checkins", (_tweet(tweet_id),), {}
+            )
+            client.lpush("checkins", builder.build(call))
+
+        def started() -> bool:
+            metas = [client.get(f"celery-task-meta-{task_id}") for task_id in task_ids]
+            return all(meta and json.loads(meta)["status"] == "STARTED" for meta in metas)
+
+        wait_for(started, 30, "both tasks to start")
+        server.kill()
+        server.start()
+        for tweet_id in tweet_ids:
+            _wait_resolved_once(client, tweet_id, TIMEOUT)
+    finally:
+        client.close()
+        worker.kill()
+        server.stop()

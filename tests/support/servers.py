@@ -4,6 +4,7 @@ them without touching the shared ones.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -97,6 +98,10 @@ class MosquittoServer(_Server):
         config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")
         config = config.replace("/mosquitto/data/", f"{self.workdir}/")
         config = config.replace("autosave_interval 30", "autosave_interval 1")
+        if os.geteuid() == 0:
+            # As root, Mosquitto drops to user "mosquitto", which cannot write its database into
+            # a private 0700 temp dir: every restart would then lose all sessions, silently.
+            config += "\nuser root\n"
         (self.workdir / "mosquitto.conf").write_text(config)
 
     def argv(self) -> list[str]:

@@ -1,0 +1,386 @@
+"""The chaos suite: publish N sequenced check-ins while killing every process, then count effects.
+
+It runs everything on its own servers (Redis with an AOF fsynced on every write, Mosquitto with
+the repo's config) on spare loopback ports, so it can kill and restart them. Each check-in's effect
+is one entry in the resolved stream; a missing entry is a lost message, a second entry a double
+effect. Run it with `scripts/chaos [--messages N] [--rate R]`; it exits non-zero unless nothing
+was lost and nothing done twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from rich.console import Console
+from rich.table import Table
+
+from taskhub.demo.feed import checkin_tweets
+from tests.support.isolation import free_port
+from tests.support.processes import (
+    BRIDGE_READY,
+    WORKER_READY,
+    Process,
+    celery,
+    python_module,
+    wait_for,
+)
+from tests.support.servers import MosquittoServer, RedisServer
+
+DEFAULT_MESSAGES = 20_000
+DEFAULT_RATE = 400.0
+KEY_PREFIX = "chaos"
+RESOLVED_STREAM = f"{KEY_PREFIX}:checkins:resolved"
+DUPLICATES = f"{KEY_PREFIX}:stats:duplicates_absorbed"
+ID_BASE = 5_000_000_000
+VISIBILITY = 15
+SETTLE_TIMEOUT = 900.0
+"""Longest wait for every effect after the last message is published."""
+
+
+@dataclass
+class Event:
+    at: float
+    what: str
+
+
+@dataclass
+class Report:
+    messages: int
+    lost: int
+    double_effects: int
+    redelivered: int
+    seconds: float
+    events: list[Event] = field(default_factory=list)
+    bridge_lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.double_effects == 0
+
+    def last_line(self) -> str:
+        return (
+            f"chaos: messages={self.messages} lost={self.lost} "
+            f"double_effects={self.double_effects} redelivered={self.redelivered} "
+            f"seconds={self.seconds:.0f}"
+        )
+
+
+class Chaos:
+    """Owns the private servers and taskhub processes of one chaos run."""
+
+    def __init__(self, workdir: Path, messages: int, rate: float) -> None:
+        self.workdir = workdir
+        self.messages = messages
+        self.rate = rate
+        self.redis = RedisServer(workdir / "redis")
+        self.mosquitto = MosquittoServer(workdir / "mosquitto")
+        self.started = time.monotonic()
+        self.events: list[Event] = []
+        standin_port = free_port()
+        self.env = {
+            "TASKHUB_BROKER_URL": "",
+            "TASKHUB_RESULT_BACKEND": "",
+            "TASKHUB_KEY_PREFIX": KEY_PREFIX,
+            "TASKHUB_TOPIC_PREFIX": f"chaos-{os.getpid()}/",
+            "TASKHUB_MQTT__PORT": str(self.mosquitto.port),
+            "TASKHUB_MQTT__CLIENT_ID": f"chaos-{os.getpid()}-bridge",
+            "TASKHUB_BRIDGE__SPOOL_DIR": str(workdir / "spool"),
+            "TASKHUB_STANDIN__PORT": str(standin_port),
+            "TASKHUB_STANDIN__LATENCY_MS": "2",
+            "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{standin_port}/s",
+            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{standin_port}/v2",
+            "TASKHUB_TASKS__SOFT_TIME_LIMIT": "8",
+            "TASKHUB_TASKS__TIME_LIMIT": "10",
+            "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "2",
+            "TASKHUB_TASKS__VISIBILITY_TIMEOUT": str(VISIBILITY),
+            "TASKHUB_TASKS__UNACKED_RESTORE_INTERVAL": "1",
+            "TASKHUB_TASKS__SOFT_SHUTDOWN_TIMEOUT": "2",
+            "TASKHUB_TASKS__RESULT_EXPIRES": "600",
+            "REMAP_SIGTERM": "SIGQUIT",
+        }
+        self.processes: list[Process] = []
+
+    def note(self, what: str) -> None:
+        self.events.append(Event(time.monotonic() - self.started, what))
+
+    def start(self) -> None:
+        self.redis.start()
+        self.mosquitto.start()
+        self.env["TASKHUB_BROKER_URL"] = self.redis.url
+        self.env["TASKHUB_RESULT_BACKEND"] = self.redis.url
+        self.standin = self._process("standin", python_module("taskhub.cli", "standin"))
+        health = f"http://127.0.0.1:{self.env['TASKHUB_STANDIN__PORT']}/health"
+        wait_for(lambda: _answers(health), 30, "the stand-in")
+        self.workers = [self._worker(name) for name in ("worker-a", "worker-b")]
+        self.bridge = self._process("bridge", python_module("bridge"))
+        self.bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        self.note("all processes up")
+
+    def _process(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.workdir, self.env).start()
+        self.processes.append(process)
+        return process
+
+    def _worker(self, name: str) -> Process:
+        argv = celery("worker", "-c", "4", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
+        process = self._process(name, argv)
+        process.wait_output(WORKER_READY, timeout=60)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+        self.redis.stop()
+        self.mosquitto.stop()
+
+    # The faults, each followed by a recovery.
+
+    def kill_bridge(self) -> None:
+        self.bridge.kill()
+        self.note("SIGKILL bridge")
+        self.bridge.start().wait_output(BRIDGE_READY, timeout=60, count=2)
+        self.note("bridge restarted")
+
+    def kill_pool_child(self) -> None:
+        worker = self.workers[0]
+        children = _children(worker.pid)
+        if not children:
+            self.note("no pool child to kill")
+            return
+        victim = random.choice(children)
+        os.kill(victim, signal.SIGKILL)
+        self.note(f"SIGKILL pool child {victim} of worker-a")
+
+    def kill_worker(self) -> None:
+        worker = self.workers[1]
+        worker.kill()
+        self.note("SIGKILL worker-b (whole process group)")
+        worker.start().wait_output(WORKER_READY, timeout=60)
+        self.note("worker-b restarted")
+
+    def restart_redis(self) -> None:
+        self.redis.kill()
+        self.note("SIGKILL redis")
+        time.sleep(2)  # the outage itself: part of the scenario
+        self.redis.start()
+        self.note("redis restarted (AOF)")
+
+    def restart_mosquitto(self) -> None:
+        self.mosquitto.stop()
+        self.note("SIGTERM mosquitto")
+        self.mosquitto.start()
+        self.note("mosquitto restarted (persistence)")
+
+    def faults(self) -> list[tuple[float, Callable[[], None]]]:
+        """Each fault with the share of the stream published before it strikes."""
+        return [
+            (0.10, self.kill_bridge),
+            (0.20, self.kill_pool_child),
+            (0.30, self.kill_bridge),
+            (0.40, self.kill_worker),
+            (0.50, self.restart_redis),
+            (0.60, self.kill_bridge),
+            (0.70, self.restart_mosquitto),
+            (0.80, self.kill_pool_child),
+            (0.90, self.kill_bridge),
+        ]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+class SequencedPublisher:
+    """Publishes check-ins with QoS 1 through broker restarts, at least once each."""
+
+    def __init__(self, port: int, topic: str, messages: int) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"chaos-{os.getpid()}-publisher",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+        self.client.connect(
+            "127.0.0.1", port, keepalive=10, clean_start=False, properties=properties
+        )
+        self.client.loop_start()
+        self.feed = list(checkin_tweets(messages, id_base=ID_BASE, topic=topic, seed=7))
+        self.infos: list[mqtt.MQTTMessageInfo | None] = [None] * messages
+        self.sent = 0
+
+    def publish(self, rate: float, on_progress: Callable[[float], None]) -> None:
+        started = time.monotonic()
+        for index, message in enumerate(self.feed):
+            delay = started + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.infos[index] = self.client.publish(message.topic, message.payload, qos=1)
+            self.sent = index + 1
+            on_progress(self.sent / len(self.feed))
+
+    def confirm(self, timeout: float) -> int:
+        """Wait for every PUBACK, publishing again whatever the broker never acknowledged."""
+        republished = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [i for i, info in enumerate(self.infos) if not _acked(info)]
+            if not missing:
+                return republished
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(missing)} messages never acknowledged by the broker")
+            time.sleep(1)  # give in-flight PUBACKs a moment before publishing again
+            still = [i for i in missing if not _acked(self.infos[i])]
+            if len(still) == len(missing) and self.client.is_connected():
+                for i in still:
+                    message = self.feed[i]
+                    self.infos[i] = self.client.publish(message.topic, message.payload, qos=1)
+                republished += len(still)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _acked(info: mqtt.MQTTMessageInfo | None) -> bool:
+    """Whether the broker acknowledged it; one published while disconnected never counts."""
+    return info is not None and info.rc == mqtt.MQTT_ERR_SUCCESS and info.is_published()
+
+
+def count_effects(client: redis.Redis) -> Counter[int]:
+    """How many resolved-stream entries each sequence number has."""
+    counts: Counter[int] = Counter()
+    start = "-"
+    while True:
+        entries = client.xrange(RESOLVED_STREAM, min=start, count=5000) or []
+        for _, fields in entries:
+            if fields:
+                counts[int(fields[b"tweet_id"]) - ID_BASE] += 1
+        if len(entries) < 5000:
+            return counts
+        last = entries[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+
+def run_chaos(workdir: Path, messages: int, rate: float, console: Console | None = None) -> Report:
+    console = console or Console(stderr=True)
+    chaos = Chaos(workdir, messages, rate)
+    started = time.monotonic()
+    try:
+        chaos.start()
+        publisher = SequencedPublisher(
+            chaos.mosquitto.port,
+            chaos.env["TASKHUB_TOPIC_PREFIX"] + "checkins/{city}/tweets",
+            messages,
+        )
+        pending = chaos.faults()
+        lock = threading.Lock()
+        strike: list[Callable[[], None]] = []
+
+        def on_progress(share: float) -> None:
+            with lock:
+                while pending and share >= pending[0][0]:
+                    strike.append(pending.pop(0)[1])
+
+        feeder = threading.Thread(target=publisher.publish, args=(rate, on_progress))
+        feeder.start()
+        while feeder.is_alive() or strike:
+            with lock:
+                fault = strike.pop(0) if strike else None
+            if fault is not None:
+                fault()
+            feeder.join(timeout=0.1)
+        chaos.note(f"published {messages}")
+        republished = publisher.confirm(timeout=120)
+        chaos.note(f"broker acknowledged all (republished {republished})")
+        publisher.close()
+
+        store = redis.Redis.from_url(chaos.redis.url)
+
+        def settled() -> bool:
+            return len(count_effects(store)) >= messages
+
+        try:
+            wait_for(settled, SETTLE_TIMEOUT, "every check-in's effect")
+        except TimeoutError:
+            chaos.note("timed out waiting for effects")
+        chaos.note("effects counted")
+        counts = count_effects(store)
+        redelivered = sum(int(v) for v in (store.hgetall(DUPLICATES) or {}).values())
+        store.close()
+        report = Report(
+            messages=messages,
+            lost=sum(1 for seq in range(messages) if counts[seq] == 0),
+            double_effects=sum(1 for seq in range(messages) if counts[seq] > 1),
+            redelivered=redelivered,
+            seconds=time.monotonic() - started,
+            events=chaos.events,
+        )
+        chaos.bridge.terminate(timeout=60)
+        report.bridge_lines = [
+            line.split("taskhub.bridge: ", 1)[1]
+            for line in chaos.bridge.output().splitlines()
+            if "bridge stopped:" in line or "spool drained" in line
+        ]
+        return report
+    finally:
+        chaos.stop()
+
+
+def print_report(report: Report, console: Console) -> None:
+    table = Table("t (s)", "event", title="chaos run")
+    for event in report.events:
+        table.add_row(f"{event.at:7.1f}", event.what)
+    console.print(table)
+    for line in report.bridge_lines:
+        console.print(f"bridge: {line}")
+    print(report.last_line())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__)
+    parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="messages per second")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="taskhub-chaos-"))
+    console = Console(stderr=True)
+    console.print(f"chaos: {args.messages} messages at {args.rate:g}/s; logs in {workdir}")
+    report = run_chaos(workdir, args.messages, args.rate, console)
+    print_report(report, console)
+    if not args.keep and report.ok:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
