@@ -8,6 +8,7 @@ import sys
 from types import FrameType
 
 from bridge.backpressure import Backpressure
+from bridge.deadletter import stream_key
 from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
@@ -15,6 +16,8 @@ from bridge.publisher import RedisPublisher
 from bridge.service import Bridge
 from bridge.source import MqttSource
 from bridge.spool import Spool
+from bridge.sweeper import Sweeper
+from taskhub.ledger import LedgerKeys
 from taskhub.routes import RouteError, route_table
 from taskhub.settings import Settings, redact_url, settings_or_exit
 
@@ -28,7 +31,15 @@ def build_bridge(settings: Settings) -> Bridge:
     except RouteError as error:
         raise SystemExit(f"taskhub: bad route table: {error}") from None
     bridge_settings = settings.bridge
-    publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues)
+    ledger = LedgerKeys.for_prefix(settings.key_prefix)
+    publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues, ledger)
+    sweeper = Sweeper(
+        publisher.redis,
+        ledger,
+        routes.queues,
+        grace=settings.tasks.time_limit + settings.tasks.retry_backoff_max,
+        deadletter_stream=stream_key(settings.key_prefix),
+    )
     spool = Spool(bridge_settings.spool_path(settings.mqtt.client_id), bridge_settings.spool_max)
     delivery = Delivery(
         publisher,
@@ -42,6 +53,7 @@ def build_bridge(settings: Settings) -> Bridge:
         Intake(routes, bridge_settings.max_payload_bytes),
         MessageBuilder(time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)),
         delivery,
+        sweeper,
         bridge_settings,
         settings.key_prefix,
     )

@@ -24,10 +24,12 @@ class Outbound:
     """The queue (tasks) or stream (dead letters) it goes to."""
     body: str
     """The task message as kombu stores it, or the dead letter's fields as a JSON object."""
+    task_id: str = ""
+    """The task's id (tasks only), under which the ledger tracks it."""
 
     @classmethod
     def task(cls, call: TaskCall, builder: MessageBuilder) -> Outbound:
-        return cls(Kind.TASK, call.queue, builder.build(call))
+        return cls(Kind.TASK, call.queue, builder.build(call), call.task_id)
 
     @classmethod
     def dead_letter(cls, letter: DeadLetter, stream: str) -> Outbound:

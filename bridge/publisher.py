@@ -5,12 +5,14 @@ nothing. The same transaction reports every route queue's depth, for backpressur
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import redis
 
 from bridge.deadletter import DEFAULT_STREAM_MAXLEN
 from bridge.outbound import Kind, Outbound
+from taskhub.ledger import LedgerEntry, LedgerKeys, record
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 1.0
@@ -26,6 +28,7 @@ class RedisPublisher:
         self,
         broker_url: str,
         queues: Sequence[str],
+        ledger: LedgerKeys,
         *,
         deadletter_maxlen: int = DEFAULT_STREAM_MAXLEN,
     ) -> None:
@@ -36,11 +39,22 @@ class RedisPublisher:
             health_check_interval=30,
         )
         self.queues = tuple(queues)
+        self.ledger = ledger
         self.deadletter_maxlen = deadletter_maxlen
 
     def land(self, items: Sequence[Outbound]) -> dict[str, int]:
-        """Land every item, or raise PublishFailed having landed none; returns queue depths."""
+        """Land every item, or raise PublishFailed having landed none; returns queue depths.
+
+        Each task is recorded in the ledger in the same transaction, so none can vanish unseen.
+        """
         pipe = self.redis.pipeline(transaction=True)
+        tasks = [item for item in items if item.kind is Kind.TASK]
+        record(
+            pipe,
+            self.ledger,
+            (LedgerEntry(item.task_id, item.key, item.body) for item in tasks),
+            time.time(),
+        )
         for item in items:
             if item.kind is Kind.TASK:
                 pipe.lpush(item.key, item.body)

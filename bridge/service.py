@@ -13,12 +13,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import redis
+
 from bridge.deadletter import DeadLetter, stream_key
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.outbound import Kind, Outbound
 from bridge.source import MqttSource, Received
+from bridge.sweeper import Sweeper
 from taskhub.settings import BridgeSettings
 
 log = logging.getLogger("taskhub.bridge")
@@ -26,6 +29,8 @@ log = logging.getLogger("taskhub.bridge")
 IDLE_WAIT_SECONDS = 0.1
 """Longest wait for MQTT traffic before the loop looks at its timers and the stop flag."""
 BACKPRESSURE_POLL_SECONDS = 0.1
+SWEEP_INTERVAL_SECONDS = 5.0
+"""How often the ledger is swept for tasks a worker lost between taking and recording them."""
 SHUTDOWN_GRACE_SECONDS = 30.0
 """After a stop request, how long to keep trying to deliver the messages in hand."""
 
@@ -56,6 +61,7 @@ class Bridge:
         intake: Intake,
         builder: MessageBuilder,
         delivery: Delivery,
+        sweeper: Sweeper,
         settings: BridgeSettings,
         key_prefix: str,
     ) -> None:
@@ -63,6 +69,7 @@ class Bridge:
         self.intake = intake
         self.builder = builder
         self.delivery = delivery
+        self.sweeper = sweeper
         self.settings = settings
         self.deadletter_stream = stream_key(key_prefix)
         self.counters = Counters()
@@ -73,6 +80,7 @@ class Bridge:
         self._held_until = 0.0
         self._held_delay = settings.redis_retry_min_delay
         self._next_depth_poll = 0.0
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
 
     def request_stop(self) -> None:
         """Stop reading; deliver and ack what is in hand; then run() returns."""
@@ -91,10 +99,11 @@ class Bridge:
             self.delivery.spool.close()
             self.delivery.publisher.close()
             log.info(
-                "bridge stopped: %s replayed=%d spool=%d",
+                "bridge stopped: %s replayed=%d spool=%d swept_again=%d",
                 self.counters.line(),
                 self.delivery.replayed,
                 len(self.delivery.spool),
+                self.sweeper.requeued,
             )
 
     def _turn(self) -> None:
@@ -110,6 +119,17 @@ class Bridge:
         if self.delivery.backpressure.paused and time.monotonic() >= self._next_depth_poll:
             self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+            self._sweep()
+
+    def _sweep(self) -> None:
+        if len(self.delivery.spool) or not self.delivery.redis_due:
+            return  # Redis is down or catching up; the ledger waits
+        try:
+            self.sweeper.sweep()
+        except redis.RedisError as error:
+            log.debug("ledger sweep skipped: %s", error)
 
     def _take_received(self) -> None:
         received = self.source.received

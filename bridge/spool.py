@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    task_id TEXT NOT NULL DEFAULT ''
 )
 """
 
@@ -47,19 +48,20 @@ class Spool:
             raise SpoolFull(f"spool {self.path} holds {self._count} of {self.max_messages}")
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO spool (kind, key, body) VALUES (?, ?, ?)",
-                [(item.kind.value, item.key, item.body) for item in items],
+                "INSERT INTO spool (kind, key, body, task_id) VALUES (?, ?, ?, ?)",
+                [(item.kind.value, item.key, item.body, item.task_id) for item in items],
             )
         self._count += len(items)
 
     def oldest(self, limit: int) -> tuple[int, list[Outbound]]:
         """Up to `limit` items, oldest first, and the sequence number of the last one."""
         rows = self._db.execute(
-            "SELECT seq, kind, key, body FROM spool ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, kind, key, body, task_id FROM spool ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
         if not rows:
             return 0, []
-        return rows[-1][0], [Outbound(Kind(kind), key, body) for _, kind, key, body in rows]
+        items = [Outbound(Kind(kind), key, body, task_id) for _, kind, key, body, task_id in rows]
+        return rows[-1][0], items
 
     def remove_through(self, seq: int) -> None:
         """Forget every item up to and including `seq`: Redis holds them now."""

@@ -108,7 +108,7 @@ def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) 
 
         return result, writes
 
-    return run_once(self.name, f"{EFFECT_KIND}:{checkin.id}", compute)
+    return run_once(self.name, str(self.request.id), f"{EFFECT_KIND}:{checkin.id}", compute)
 
 
 def resolved_stream() -> str:

@@ -16,7 +16,9 @@ import redis
 from celery.exceptions import Reject
 from redis.client import Pipeline
 
+from taskhub.ledger import settle
 from taskhub.settings import get_settings
+from tasks.ledger import ledger_keys
 from tasks.store import store_redis
 
 Writes = Callable[[Pipeline], object]
@@ -36,9 +38,12 @@ def previous_result(identity: str) -> dict[str, Any] | None:
     return None if raw is None else dict(json.loads(raw))
 
 
-def absorb_duplicate(task_name: str, identity: str) -> dict[str, Any]:
-    """Count a duplicate and return the committed result it duplicates."""
-    store_redis().hincrby(duplicates_key(), task_name, 1)
+def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, Any]:
+    """Count a duplicate, settle its ledger entry, and return the result it duplicates."""
+    with store_redis().pipeline() as pipe:
+        pipe.hincrby(duplicates_key(), task_name, 1)
+        settle(pipe, ledger_keys(), task_id)
+        pipe.execute()
     result = previous_result(identity)
     if result is None:  # the marker expired between our two reads: the window was too short
         raise RuntimeError(
@@ -47,8 +52,12 @@ def absorb_duplicate(task_name: str, identity: str) -> dict[str, Any]:
     return result
 
 
-def commit_once(identity: str, result: dict[str, Any], writes: Writes) -> bool:
-    """Apply `writes` and mark `identity` done, atomically; False if another copy did first."""
+def commit_once(
+    identity: str, result: dict[str, Any], writes: Writes, task_id: str | None = None
+) -> bool:
+    """Apply `writes`, mark `identity` done and settle `task_id` in the ledger, atomically;
+    False if another copy did first.
+    """
     key = done_key(identity)
     window = int(get_settings().tasks.idempotency_window)
     with store_redis().pipeline() as pipe:
@@ -59,6 +68,8 @@ def commit_once(identity: str, result: dict[str, Any], writes: Writes) -> bool:
             pipe.multi()
             writes(pipe)
             pipe.set(key, json.dumps(result), ex=window)
+            if task_id:
+                settle(pipe, ledger_keys(), task_id)
             pipe.execute()
         except redis.WatchError:
             return False
@@ -67,6 +78,7 @@ def commit_once(identity: str, result: dict[str, Any], writes: Writes) -> bool:
 
 def run_once(
     task_name: str,
+    task_id: str,
     identity: str,
     compute: Callable[[], tuple[dict[str, Any], Writes]],
 ) -> dict[str, Any]:
@@ -77,10 +89,10 @@ def run_once(
     """
     try:
         if previous_result(identity) is not None:
-            return absorb_duplicate(task_name, identity)
+            return absorb_duplicate(task_name, task_id, identity)
         result, writes = compute()
-        if not commit_once(identity, result, writes):
-            return absorb_duplicate(task_name, identity)
+        if not commit_once(identity, result, writes, task_id):
+            return absorb_duplicate(task_name, task_id, identity)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise Reject(error, requeue=True) from error
     return result

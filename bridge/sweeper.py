@@ -1,0 +1,143 @@
+"""The ledger sweeper: finds tasks that left their queue but no worker holds or finished, and
+enqueues them again with a fresh delivery tag.
+
+kombu's Redis transport pops a task (BRPOP) and records it as unacked in a second round trip; a
+worker killed in between loses the task. Queues are FIFO, so a ledger entry older than the
+message at its queue's tail has left the queue; if kombu's unacked hash does not hold it either
+and it is not settled, it was lost. Guesses err toward enqueueing again: a copy that was not lost
+is absorbed by the task's idempotency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from taskhub.ledger import LedgerEntry, LedgerKeys
+
+log = logging.getLogger("taskhub.bridge.sweeper")
+
+KOMBU_UNACKED = "unacked"
+"""kombu's hash of delivered, unacked messages by delivery tag (its default `unacked_key`)."""
+SWEEP_BATCH = 500
+MAX_SWEEPS = 5
+"""How often one task is enqueued again before it is dead-lettered as never completing."""
+LOCK_SECONDS = 30
+
+
+class Sweeper:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: LedgerKeys,
+        queues: Sequence[str],
+        grace: float,
+        deadletter_stream: str,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.queues = tuple(queues)
+        self.grace = grace
+        self.deadletter_stream = deadletter_stream
+        self.requeued = 0
+        self.abandoned = 0
+
+    def sweep(self, now: float | None = None) -> int:
+        """One pass; returns how many tasks were enqueued again. Raises redis errors."""
+        now = time.time() if now is None else now
+        if not self.redis.set(self.keys.sweep_lock, "1", nx=True, ex=LOCK_SECONDS):
+            return 0  # another replica is sweeping
+        try:
+            return self._sweep(now)
+        finally:
+            self.redis.delete(self.keys.sweep_lock)
+
+    def _sweep(self, now: float) -> int:
+        found: list[Any] = self.redis.zrangebyscore(
+            self.keys.index, "-inf", now - self.grace, start=0, num=SWEEP_BATCH, withscores=True
+        )
+        if not found:
+            return 0
+        candidates = [(_text(task_id), float(score)) for task_id, score in found]
+        raws = self.redis.hmget(self.keys.entries, [task_id for task_id, _ in candidates])
+        tails = {queue: self._tail_enqueued_at(queue) for queue in self.queues}
+        requeued = 0
+        for (task_id, enqueued_at), raw in zip(candidates, raws, strict=True):
+            if raw is None:
+                self.redis.zrem(self.keys.index, task_id)  # settled meanwhile
+                continue
+            entry = LedgerEntry.decode(task_id, raw)
+            if enqueued_at >= tails.get(entry.queue, float("-inf")) or self._unacked(entry):
+                # Maybe still queued, or a worker holds it: look again after another grace.
+                self.redis.zadd(self.keys.index, {task_id: now}, xx=True)
+                continue
+            requeued += self._enqueue_again(entry, now)
+        return requeued
+
+    def _tail_enqueued_at(self, queue: str) -> float:
+        """When the next task to leave `queue` was enqueued; +inf if the queue is empty, -inf if
+        that task is not in the ledger (then nothing older can be judged this pass)."""
+        tail = self.redis.lindex(queue, -1)
+        if tail is None:
+            return float("inf")
+        task_id = json.loads(tail)["headers"]["id"]
+        score = self.redis.zscore(self.keys.index, task_id)
+        return float("-inf") if score is None else float(score)
+
+    def _unacked(self, entry: LedgerEntry) -> bool:
+        tag = json.loads(entry.body)["properties"]["delivery_tag"]
+        return bool(self.redis.hexists(KOMBU_UNACKED, tag))
+
+    def _enqueue_again(self, entry: LedgerEntry, now: float) -> int:
+        with self.redis.pipeline(transaction=True) as pipe:
+            if entry.sweeps >= MAX_SWEEPS:
+                pipe.xadd(self.deadletter_stream, _never_completed(entry))  # type: ignore[arg-type]
+                pipe.hdel(self.keys.entries, entry.task_id)
+                pipe.zrem(self.keys.index, entry.task_id)
+                pipe.execute()
+                self.abandoned += 1
+                log.error(
+                    "task %s never completed after %d sweeps: dead-lettered",
+                    entry.task_id,
+                    entry.sweeps,
+                )
+                return 0
+            message = json.loads(entry.body)
+            # A fresh tag: two live copies under one tag would share kombu's unacked entry.
+            message["properties"]["delivery_tag"] = str(uuid.uuid4())
+            body = json.dumps(message)
+            again = LedgerEntry(entry.task_id, entry.queue, body, entry.sweeps + 1)
+            pipe.rpush(entry.queue, body)  # the consuming end: it has waited long enough
+            pipe.hset(self.keys.entries, entry.task_id, again.encode())
+            pipe.zadd(self.keys.index, {entry.task_id: now})
+            pipe.execute()
+        self.requeued += 1
+        log.warning(
+            "task %s left %s but no worker holds or finished it: enqueued again",
+            entry.task_id,
+            entry.queue,
+        )
+        return 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _never_completed(entry: LedgerEntry) -> dict[str, str]:
+    return {
+        "topic": "",
+        "payload": entry.body,
+        "payload_encoding": "utf-8",
+        "reason": "never_completed",
+        "detail": f"task {entry.task_id} on {entry.queue} was lost or failed {entry.sweeps} times",
+        "route": entry.queue,
+        "received_at": "",
+        "properties": "{}",
+    }

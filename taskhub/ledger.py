@@ -1,0 +1,67 @@
+"""The ledger: every task the bridge enqueues, from the moment Redis holds it until a worker
+settles it (effect committed, duplicate absorbed, or failed for good).
+
+It exists because kombu's Redis transport takes a task off its queue (BRPOP) and records it as
+unacked in a second round trip: a worker killed between the two loses the task without trace. The
+bridge's sweeper finds ledger entries that left their queue but are neither unacked nor settled,
+and enqueues them again; the tasks' idempotency absorbs any copy that was not lost after all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from redis.client import Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerKeys:
+    index: str
+    """Sorted set: task id -> when it was enqueued (or last checked)."""
+    entries: str
+    """Hash: task id -> JSON {"queue", "body", "sweeps"}."""
+    sweep_lock: str
+
+    @classmethod
+    def for_prefix(cls, key_prefix: str) -> LedgerKeys:
+        return cls(
+            index=f"{key_prefix}:ledger",
+            entries=f"{key_prefix}:ledger:entries",
+            sweep_lock=f"{key_prefix}:ledger:sweeping",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    task_id: str
+    queue: str
+    body: str
+    sweeps: int = 0
+
+    def encode(self) -> str:
+        return json.dumps({"queue": self.queue, "body": self.body, "sweeps": self.sweeps})
+
+    @classmethod
+    def decode(cls, task_id: str, raw: bytes | str) -> LedgerEntry:
+        fields = json.loads(raw)
+        return cls(task_id, fields["queue"], fields["body"], int(fields["sweeps"]))
+
+
+def record(pipe: Pipeline, keys: LedgerKeys, entries: Iterable[LedgerEntry], now: float) -> None:
+    """Queue the recording of `entries` on `pipe`, in the transaction that enqueues them.
+
+    Scores rise by a microsecond per entry, in enqueue order: the sweeper compares them with
+    the queue's tail to tell what has left a FIFO queue, so a batch must not tie.
+    """
+    entries = list(entries)
+    if entries:
+        pipe.hset(keys.entries, mapping={entry.task_id: entry.encode() for entry in entries})
+        pipe.zadd(keys.index, {e.task_id: now + i * 1e-6 for i, e in enumerate(entries)})
+
+
+def settle(pipe: Pipeline, keys: LedgerKeys, task_id: str) -> None:
+    """Queue the removal of `task_id`'s entry on `pipe`: nothing more will be asked of it."""
+    pipe.hdel(keys.entries, task_id)
+    pipe.zrem(keys.index, task_id)

@@ -1,0 +1,103 @@
+"""The ledger catches tasks lost between kombu's BRPOP and its unacked record, and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+from bridge.outbound import Outbound
+from bridge.publisher import RedisPublisher
+from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, Sweeper
+from taskhub.demo.standin import StandinServer
+from taskhub.ledger import LedgerKeys
+from taskhub.settings import get_settings
+
+TASK = "tasks.checkins.resolve_checkin"
+
+
+def _outbound(tweet_id: str) -> Outbound:
+    tweet = {
+        "id": tweet_id,
+        "text": "at http://4sq.com/Ledg" + tweet_id[-3:],
+        "user": {"screen_name": "u"},
+        "created_at": "2026-11-22T10:00:00Z",
+    }
+    call = TaskCall(TASK, deterministic_task_id(TASK, tweet_id), "checkins", (tweet,), {})
+    return Outbound.task(call, MessageBuilder())
+
+
+@pytest.fixture
+def keys() -> LedgerKeys:
+    return LedgerKeys.for_prefix(get_settings().key_prefix)
+
+
+@pytest.fixture
+def publisher(broker_redis: redis.Redis, keys: LedgerKeys) -> RedisPublisher:
+    return RedisPublisher(get_settings().broker_url.get_secret_value(), ["checkins"], keys)
+
+
+def _pop(client: redis.Redis) -> bytes:
+    raw = client.rpop("checkins")
+    assert isinstance(raw, bytes)
+    return raw
+
+
+def _sweeper(client: redis.Redis, keys: LedgerKeys) -> Sweeper:
+    return Sweeper(client, keys, ["checkins"], grace=0, deadletter_stream="dead")
+
+
+def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    lost, held, queued = _outbound("801"), _outbound("802"), _outbound("803")
+    publisher.land([lost, held, queued])
+    assert broker_redis.zcard(keys.index) == 3
+
+    # A worker BRPOPs `lost` and dies before recording it; another holds `held` unacked.
+    assert json.loads(_pop(broker_redis))["headers"]["id"] == lost.task_id
+    held_raw = _pop(broker_redis)
+    held_tag = json.loads(held_raw)["properties"]["delivery_tag"]
+    broker_redis.hset(KOMBU_UNACKED, held_tag, held_raw)
+
+    assert _sweeper(broker_redis, keys).sweep() == 1
+    ids = [json.loads(raw)["headers"]["id"] for raw in broker_redis.lrange("checkins", 0, -1)]
+    assert sorted(ids) == sorted([queued.task_id, lost.task_id])
+    again = json.loads(broker_redis.lindex("checkins", -1) or "")
+    assert again["headers"]["id"] == lost.task_id
+    assert (
+        again["properties"]["delivery_tag"] != json.loads(lost.body)["properties"]["delivery_tag"]
+    )
+
+
+def test_a_task_that_never_completes_is_dead_lettered_after_max_sweeps(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    publisher.land([_outbound("804")])
+    sweeper = _sweeper(broker_redis, keys)
+    for _ in range(MAX_SWEEPS):
+        broker_redis.rpop("checkins")
+        assert sweeper.sweep() == 1
+    broker_redis.rpop("checkins")
+    assert sweeper.sweep() == 0
+    assert broker_redis.zcard(keys.index) == 0
+    entries = broker_redis.xrange("dead") or []
+    assert [(fields or {}).get(b"reason") for _, fields in entries] == [b"never_completed"]
+
+
+def test_a_completed_task_is_settled(
+    broker_redis: redis.Redis,
+    publisher: RedisPublisher,
+    keys: LedgerKeys,
+    standin: StandinServer,
+) -> None:
+    from taskhub.celery import app
+    from tests.support.processes import wait_for
+
+    publisher.land([_outbound("805")])
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+        wait_for(lambda: broker_redis.zcard(keys.index) == 0, 30, "the ledger entry settled")
+    assert broker_redis.hlen(keys.entries) == 0
