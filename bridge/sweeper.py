@@ -1,6 +1,9 @@
 """The ledger sweeper: finds tasks that left their queue but no worker holds or finished, and
 enqueues them again with a fresh delivery tag.
 
+Ledger scores are enqueue times and only move forward with a new enqueue (a sweep or a Celery
+retry, both of which add the message at the queue's far end), so the queue stays in score order.
+
 kombu's Redis transport pops a task (BRPOP) and records it as unacked in a second round trip; a
 worker killed in between loses the task. Queues are FIFO, so a ledger entry older than the
 message at its queue's tail has left the queue; if kombu's unacked hash does not hold it either
@@ -68,15 +71,15 @@ class Sweeper:
         raws = self.redis.hmget(self.keys.entries, [task_id for task_id, _ in candidates])
         tails = {queue: self._tail_enqueued_at(queue) for queue in self.queues}
         requeued = 0
+        # Scores are enqueue times and never move back, so in score order, once an entry may
+        # still be queued, so may every later one of that queue.
         for (task_id, enqueued_at), raw in zip(candidates, raws, strict=True):
             if raw is None:
                 self.redis.zrem(self.keys.index, task_id)  # settled meanwhile
                 continue
             entry = LedgerEntry.decode(task_id, raw)
             if enqueued_at >= tails.get(entry.queue, float("-inf")) or self._unacked(entry):
-                # Maybe still queued, or a worker holds it: look again after another grace.
-                self.redis.zadd(self.keys.index, {task_id: now}, xx=True)
-                continue
+                continue  # maybe still queued, or a worker holds it
             requeued += self._enqueue_again(entry, now)
         return requeued
 
@@ -113,7 +116,9 @@ class Sweeper:
             message["properties"]["delivery_tag"] = str(uuid.uuid4())
             body = json.dumps(message)
             again = LedgerEntry(entry.task_id, entry.queue, body, entry.sweeps + 1)
-            pipe.rpush(entry.queue, body)  # the consuming end: it has waited long enough
+            # Enqueued like a new task, at the far end with a new time: the queue's tail must
+            # keep holding its oldest enqueue time, or older entries would all look lost.
+            pipe.lpush(entry.queue, body)
             pipe.hset(self.keys.entries, entry.task_id, again.encode())
             pipe.zadd(self.keys.index, {entry.task_id: now})
             pipe.execute()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -66,7 +67,7 @@ def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(
     assert _sweeper(broker_redis, keys).sweep() == 1
     ids = [json.loads(raw)["headers"]["id"] for raw in broker_redis.lrange("checkins", 0, -1)]
     assert sorted(ids) == sorted([queued.task_id, lost.task_id])
-    again = json.loads(broker_redis.lindex("checkins", -1) or "")
+    again = json.loads(broker_redis.lindex("checkins", 0) or "")
     assert again["headers"]["id"] == lost.task_id
     assert (
         again["properties"]["delivery_tag"] != json.loads(lost.body)["properties"]["delivery_tag"]
@@ -80,9 +81,9 @@ def test_a_task_that_never_completes_is_dead_lettered_after_max_sweeps(
     sweeper = _sweeper(broker_redis, keys)
     for _ in range(MAX_SWEEPS):
         broker_redis.rpop("checkins")
-        assert sweeper.sweep() == 1
+        assert sweeper.sweep(now=time.time() + 1) == 1
     broker_redis.rpop("checkins")
-    assert sweeper.sweep() == 0
+    assert sweeper.sweep(now=time.time() + 1) == 0
     assert broker_redis.zcard(keys.index) == 0
     entries = broker_redis.xrange("dead") or []
     assert [(fields or {}).get(b"reason") for _, fields in entries] == [b"never_completed"]
@@ -101,3 +102,17 @@ def test_a_completed_task_is_settled(
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
         wait_for(lambda: broker_redis.zcard(keys.index) == 0, 30, "the ledger entry settled")
     assert broker_redis.hlen(keys.entries) == 0
+
+
+def test_a_backlog_waiting_in_its_queue_is_never_enqueued_again(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    backlog = [_outbound(str(900 + n)) for n in range(50)]
+    for start in range(0, 50, 10):
+        publisher.land(backlog[start : start + 10])
+    sweeper = _sweeper(broker_redis, keys)
+    for _ in range(3):
+        broker_redis.rpop("checkins")  # a worker takes the oldest and loses it
+        assert sweeper.sweep(now=time.time() + 60) == 1  # that one, not the waiting backlog
+    assert sweeper.requeued == 3
+    assert broker_redis.llen("checkins") == 50
