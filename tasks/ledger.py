@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from celery.signals import task_failure, task_retry
 
 from taskhub.ledger import LedgerKeys, settle
@@ -27,9 +28,18 @@ def settle_now(task_id: str) -> None:
         pipe.execute()
 
 
+INFRASTRUCTURE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+"""Failures that say Redis was unreachable, not that the task is wrong. Celery acks such a
+failed task (for one, when it cannot record the task as started), so its ledger entry must stay:
+the sweeper then enqueues it again."""
+
+
 @task_failure.connect
-def _settle_failed(task_id: str | None = None, **_: Any) -> None:
-    if task_id:
+def settle_failed(
+    task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    """Settle a task that failed for good; leave one that failed because Redis was away."""
+    if task_id and not isinstance(exception, INFRASTRUCTURE_ERRORS):
         settle_now(task_id)
 
 

@@ -116,3 +116,23 @@ def test_a_backlog_waiting_in_its_queue_is_never_enqueued_again(
         assert sweeper.sweep(now=time.time() + 60) == 1  # that one, not the waiting backlog
     assert sweeper.requeued == 3
     assert broker_redis.llen("checkins") == 50
+
+
+@pytest.mark.parametrize(
+    ("exception", "settled"),
+    [(ValueError("bad tweet"), True), (redis.ConnectionError("Redis went away"), False)],
+    ids=["task-error", "redis-unreachable"],
+)
+def test_only_a_failure_of_the_task_itself_settles_it(
+    broker_redis: redis.Redis,
+    publisher: RedisPublisher,
+    keys: LedgerKeys,
+    exception: BaseException,
+    settled: bool,
+) -> None:
+    from tasks.ledger import settle_failed
+
+    item = _outbound("806")
+    publisher.land([item])
+    settle_failed(task_id=item.task_id, exception=exception)
+    assert (broker_redis.zscore(keys.index, item.task_id) is None) is settled
