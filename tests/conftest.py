@@ -7,16 +7,18 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 from tests.support.isolation import configure_run, release_redis_db
 from tests.support.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+from tests.support.servers import MosquittoServer, RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
+    from taskhub.settings import MqttSettings
 
 _RUN: dict[str, object] = {}
 
@@ -94,6 +96,61 @@ def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
     process.wait_output(BRIDGE_READY, timeout=30, count=2)
     yield process
     process.kill()
+
+
+@pytest.fixture
+def embedded_worker(broker_redis: redis.Redis, standin: StandinServer) -> Iterator[None]:
+    """A Celery worker in threads of this process, consuming this run's queues."""
+    from celery.contrib.testing.worker import start_worker
+
+    from taskhub.celery import app
+
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
+        yield
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (AOF fsynced always), to kill and restart at will."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A Mosquitto of this test's own on the repo's config. The shared broker runs Mosquitto's
+    defaults, which drop what they queue past 1000 messages per session."""
+    server = MosquittoServer(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+def checkin_tweet(tweet_id: str, code: str) -> dict[str, Any]:
+    """A valid check-in tweet whose short link is `code`."""
+    return {
+        "id": tweet_id,
+        "text": f"I'm at somewhere http://4sq.com/{code}",
+        "user": {"screen_name": "tester"},
+        "created_at": "2026-11-22T10:00:00Z",
+    }
+
+
+def publish_checkins(
+    count: int, id_base: int, rate: float = 0.0, mqtt: MqttSettings | None = None
+) -> list[str]:
+    """Publish `count` check-ins through a real MQTT client; returns their tweet ids."""
+    from taskhub.demo.feed import checkin_tweets, publish
+    from taskhub.settings import get_settings
+
+    settings = get_settings()
+    topic = settings.topic_prefix + "checkins/{city}/tweets"
+    messages = checkin_tweets(count, id_base=id_base, topic=topic, seed=id_base)
+    mqtt = mqtt or settings.mqtt
+    assert publish(mqtt, messages, rate=rate, total=count, show_progress=False) == count
+    return [str(id_base + n) for n in range(count)]
 
 
 def stored_checkins(client: redis.Redis, tweet_ids: list[str]) -> int:

@@ -5,15 +5,13 @@ holds the backlog, and everything is processed once workers catch up.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from taskhub.demo.feed import checkin_tweets, publish
 from taskhub.settings import get_settings
-from tests.conftest import stored_checkins
+from tests.conftest import publish_checkins, stored_checkins
 from tests.support.processes import BRIDGE_READY, Process, celery, python_module, wait_for
 from tests.support.servers import MosquittoServer
 
@@ -21,15 +19,6 @@ pytestmark = pytest.mark.e2e
 
 HIGH, LOW, IN_FLIGHT, BATCH = 300, 100, 100, 50
 TOTAL = 2000
-
-
-@pytest.fixture
-def private_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
-    """The shared broker drops what it queues past 1000 per session; the repo's config does not."""
-    server = MosquittoServer(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.usefixtures("standin")
@@ -65,10 +54,7 @@ def test_queue_depth_stays_below_high_watermark_plus_in_flight(
     try:
         bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
         sampler.start()
-        settings = get_settings()
-        topic = settings.topic_prefix + "checkins/{city}/tweets"
-        messages = checkin_tweets(TOTAL, id_base=80_000, topic=topic, seed=1)
-        assert publish(mqtt, messages, rate=0, total=TOTAL, show_progress=False) == TOTAL
+        tweet_ids = publish_checkins(TOTAL, id_base=80_000, mqtt=mqtt)
         bridge.wait_output("pausing intake", timeout=30)
         wait_for(lambda: len(depths) > 1000, 30, "depth samples while paused")
 
@@ -78,7 +64,6 @@ def test_queue_depth_stays_below_high_watermark_plus_in_flight(
             log_dir,
             {},
         ).start()
-        tweet_ids = [str(80_000 + n) for n in range(TOTAL)]
         wait_for(
             lambda: stored_checkins(broker_redis, tweet_ids) == TOTAL, 180, "every check-in stored"
         )

@@ -4,34 +4,18 @@ and lands everything once Redis is back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from taskhub.demo.feed import checkin_tweets, publish
 from taskhub.settings import get_settings
+from tests.conftest import publish_checkins
 from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-def _publish(count: int, id_base: int) -> None:
-    settings = get_settings()
-    topic = settings.topic_prefix + "checkins/{city}/tweets"
-    messages = checkin_tweets(count, id_base=id_base, topic=topic, seed=id_base)
-    assert publish(settings.mqtt, messages, rate=0, total=count, show_progress=False) == count
 
 
 def test_bridge_holds_acks_while_redis_is_down_and_lands_everything_after(
@@ -47,11 +31,11 @@ def test_bridge_holds_acks_while_redis_is_down_and_lands_everything_after(
     queue = redis.Redis.from_url(private_redis.url)
     try:
         bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
-        _publish(50, id_base=60_000)
+        publish_checkins(50, id_base=60_000)
         wait_for(lambda: queue.llen("checkins") == 50, TIMEOUT, "the first 50 tasks in Redis")
 
         private_redis.kill()
-        _publish(50, id_base=61_000)
+        publish_checkins(50, id_base=61_000)
         bridge.wait_output("redis did not take a batch", TIMEOUT)
         private_redis.start()
 
@@ -108,7 +92,7 @@ def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
     ).start()
     queue = redis.Redis.from_url(private_redis.url)
     total, rate = 4000, 100.0
-    feed = threading.Thread(target=_publish_paced, args=(total, 70_000, rate))
+    feed = threading.Thread(target=publish_checkins, args=(total, 70_000, rate))
     try:
         bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
         feed.start()
@@ -131,10 +115,3 @@ def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
     assert exit_code == 0
     assert "spool drained" in bridge.output()
     assert "spool=0" in bridge.output()
-
-
-def _publish_paced(count: int, id_base: int, rate: float) -> None:
-    settings = get_settings()
-    topic = settings.topic_prefix + "checkins/{city}/tweets"
-    messages = checkin_tweets(count, id_base=id_base, topic=topic, seed=id_base)
-    assert publish(settings.mqtt, messages, rate=rate, total=count, show_progress=False) == count

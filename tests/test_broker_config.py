@@ -5,11 +5,8 @@ messages survive a broker restart, and more than Mosquitto's default 1000 are ke
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -19,14 +16,6 @@ from tests.support.servers import MosquittoServer
 
 QUEUED = 1500
 """More than Mosquitto's default max_queued_messages, which drops the rest."""
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoServer]:
-    server = MosquittoServer(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _client(port: int, client_id: str, received: list[bytes] | None = None) -> mqtt.Client:
@@ -47,7 +36,10 @@ def _client(port: int, client_id: str, received: list[bytes] | None = None) -> m
     return client
 
 
-def test_offline_session_keeps_its_queue_across_a_broker_restart(broker: MosquittoServer) -> None:
+def test_offline_session_keeps_its_queue_across_a_broker_restart(
+    private_mosquitto: MosquittoServer,
+) -> None:
+    broker = private_mosquitto
     subscriber = _client(broker.port, "sleeper")
     subscribed = threading.Event()
     subscriber.on_subscribe = lambda *args: subscribed.set()

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 import redis
-from celery.contrib.testing.worker import start_worker
 
 from taskhub.demo.standin import StandinServer
 from taskhub.demo.venues import venue_for_code
-from tests.conftest import load_checkin
+from tests.conftest import checkin_tweet, load_checkin
 from tests.support.processes import wait_for
 
 TIMEOUT = 30
-
-
-def _tweet(tweet_id: str, code: str) -> dict[str, Any]:
-    return {
-        "id": tweet_id,
-        "text": f"I'm at somewhere http://4sq.com/{code}",
-        "user": {"screen_name": "tester"},
-        "created_at": "2026-11-22T10:00:00Z",
-    }
 
 
 @pytest.fixture
@@ -31,19 +18,13 @@ def server(standin: StandinServer) -> StandinServer:
     return standin
 
 
-@pytest.fixture
-def embedded_worker(broker_redis: redis.Redis, standin: StandinServer) -> Iterator[None]:
-    from taskhub.celery import app
-
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
-        yield
-
-
 @pytest.mark.usefixtures("embedded_worker")
 def test_resolve_checkin_expands_the_link_and_stores_the_venue(broker_redis: redis.Redis) -> None:
     from tasks.checkins import resolve_checkin
 
-    result = resolve_checkin.delay(_tweet("1001", "AbCd123"), city="nyc").get(timeout=TIMEOUT)
+    result = resolve_checkin.delay(checkin_tweet("1001", "AbCd123"), city="nyc").get(
+        timeout=TIMEOUT
+    )
 
     venue = venue_for_code("AbCd123")
     assert result["venue"]["id"] == venue.venue_id
@@ -60,7 +41,7 @@ def test_an_unavailable_upstream_is_retried_until_it_answers(server: StandinServ
     served_before = server.requests_served
     server.settings = normal.model_copy(update={"error_rate": 1.0})
     try:
-        pending = resolve_checkin.delay(_tweet("1002", "Retry01"))
+        pending = resolve_checkin.delay(checkin_tweet("1002", "Retry01"))
         wait_for(lambda: server.requests_served > served_before, TIMEOUT, "a failed request")
     finally:
         server.settings = normal
@@ -74,6 +55,6 @@ def test_a_tweet_without_a_short_link_is_refused_before_any_request() -> None:
 
     from tasks.checkins import resolve_checkin
 
-    bad = _tweet("1003", "x") | {"text": "no link here"}
+    bad = checkin_tweet("1003", "x") | {"text": "no link here"}
     with pytest.raises(ValidationError, match=r"no 4sq\.com short link"):
         resolve_checkin.run(bad)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskhub.demo.feed import checkin_tweets, publish
 from taskhub.settings import get_settings, load_settings
-from tests.conftest import load_checkin, stored_checkins
+from tests.conftest import load_checkin, publish_checkins, stored_checkins
 from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +39,6 @@ def standin_process(log_dir: Path) -> Iterator[Process]:
     process.kill()
 
 
-def _publish_checkins(count: int, id_base: int, rate: float = 0) -> list[str]:
-    settings = get_settings()
-    topic = settings.topic_prefix + "checkins/{city}/tweets"
-    messages = checkin_tweets(count, id_base=id_base, topic=topic, seed=id_base)
-    acked = publish(settings.mqtt, messages, rate=rate, total=count, show_progress=False)
-    assert acked == count
-    return [str(id_base + n) for n in range(count)]
-
-
 def _wait_all_stored(client: redis.Redis, tweet_ids: list[str]) -> None:
     wait_for(
         lambda: stored_checkins(client, tweet_ids) == len(tweet_ids),
@@ -59,7 +49,7 @@ def _wait_all_stored(client: redis.Redis, tweet_ids: list[str]) -> None:
 
 @pytest.mark.usefixtures("standin_process", "worker", "bridge")
 def test_every_published_checkin_is_resolved_and_stored(broker_redis: redis.Redis) -> None:
-    tweet_ids = _publish_checkins(200, id_base=10_000)
+    tweet_ids = publish_checkins(200, id_base=10_000)
 
     _wait_all_stored(broker_redis, tweet_ids)
     sample = load_checkin(broker_redis, tweet_ids[0])
@@ -75,7 +65,7 @@ def test_bridge_killed_mid_stream_loses_nothing(broker_redis: redis.Redis, log_d
     total = 1000
     tweet_ids: list[str] = []
     feed = threading.Thread(
-        target=lambda: tweet_ids.extend(_publish_checkins(total, id_base=20_000, rate=400))
+        target=lambda: tweet_ids.extend(publish_checkins(total, id_base=20_000, rate=400))
     )
     feed.start()
     try:
@@ -109,7 +99,7 @@ def test_bridge_sigterm_finishes_in_flight_work_and_exits_zero(
 ) -> None:
     bridge = Process("bridge", python_module("bridge"), log_dir, {}).start()
     bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
-    tweet_ids = _publish_checkins(300, id_base=30_000)
+    tweet_ids = publish_checkins(300, id_base=30_000)
 
     assert bridge.terminate() == 0
     assert "bridge stopped:" in bridge.output()
@@ -139,7 +129,7 @@ def test_replicas_on_a_shared_subscription_split_the_stream_over_mqtt_311(
         for replica in replicas:
             replica.wait_output(BRIDGE_READY, timeout=30, count=2)
             assert "$share/" in replica.output()
-        tweet_ids = _publish_checkins(400, id_base=40_000)
+        tweet_ids = publish_checkins(400, id_base=40_000)
         _wait_all_stored(broker_redis, tweet_ids)
     finally:
         codes = [replica.terminate() for replica in replicas]

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
-from celery.contrib.testing.worker import start_worker
 
-from taskhub.demo.standin import StandinServer
+from tests.conftest import checkin_tweet
 from tests.support.processes import wait_for
 
 TIMEOUT = 30
-
-
-def _tweet(tweet_id: str) -> dict[str, Any]:
-    return {
-        "id": tweet_id,
-        "text": "I'm at somewhere http://4sq.com/Dup0001",
-        "user": {"screen_name": "tester"},
-        "created_at": "2026-11-22T10:00:00Z",
-    }
-
-
-@pytest.fixture
-def embedded_worker(broker_redis: redis.Redis, standin: StandinServer) -> Iterator[None]:
-    from taskhub.celery import app
-
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
-        yield
 
 
 @pytest.mark.usefixtures("embedded_worker")
@@ -38,7 +18,7 @@ def test_the_same_checkin_sent_three_times_takes_effect_once(broker_redis: redis
     from tasks.checkins import resolve_checkin, resolved_stream
     from tasks.idempotency import duplicates_key
 
-    results = [resolve_checkin.delay(_tweet("7001")) for _ in range(3)]
+    results = [resolve_checkin.delay(checkin_tweet("7001", "Dup0001")) for _ in range(3)]
     values = [result.get(timeout=TIMEOUT) for result in results]
 
     assert len({value["task_id"] for value in values}) == 1, "all three return the first result"

@@ -16,17 +16,13 @@ from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, Sweeper
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import get_settings
+from tests.conftest import checkin_tweet
 
 TASK = "tasks.checkins.resolve_checkin"
 
 
 def _outbound(tweet_id: str) -> Outbound:
-    tweet = {
-        "id": tweet_id,
-        "text": "at http://4sq.com/Ledg" + tweet_id[-3:],
-        "user": {"screen_name": "u"},
-        "created_at": "2026-11-22T10:00:00Z",
-    }
+    tweet = checkin_tweet(tweet_id, "Ledg" + tweet_id[-3:])
     call = TaskCall(TASK, deterministic_task_id(TASK, tweet_id), "checkins", (tweet,), {})
     return Outbound.task(call, MessageBuilder())
 

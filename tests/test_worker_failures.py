@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import load_checkin
+from tests.conftest import checkin_tweet, load_checkin
 from tests.support.isolation import free_port
 from tests.support.processes import WORKER_READY, Process, celery, python_module, wait_for
 
@@ -72,19 +72,10 @@ def _worker(name: str, log_dir: Path, env: dict[str, str]) -> Process:
     return process
 
 
-def _tweet(tweet_id: str) -> dict[str, Any]:
-    return {
-        "id": tweet_id,
-        "text": f"at http://4sq.com/Slow{tweet_id[-4:]}",
-        "user": {"screen_name": "tester"},
-        "created_at": "2026-11-22T10:00:00Z",
-    }
-
-
 def _start_slow_task(tweet_id: str) -> Any:
     from tasks.checkins import resolve_checkin
 
-    result = resolve_checkin.delay(_tweet(tweet_id))
+    result = resolve_checkin.delay(checkin_tweet(tweet_id, f"Slow{tweet_id[-4:]}"))
     wait_for(lambda: result.state == "STARTED", 30, "the task to start")
     return result
 
@@ -186,7 +177,11 @@ def test_redis_killed_while_tasks_run_loses_none_of_them(
     try:
         for tweet_id, task_id in zip(tweet_ids, task_ids, strict=True):
             call = TaskCall(
-                "tasks.checkins.resolve_checkin", task_id, "checkins", (_tweet(tweet_id),), {}
+                "tasks.checkins.resolve_checkin",
+                task_id,
+                "checkins",
+                (checkin_tweet(tweet_id, f"Slow{tweet_id[-4:]}"),),
+                {},
             )
             client.lpush("checkins", builder.build(call))
 
