@@ -115,3 +115,38 @@ def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
     assert exit_code == 0
     assert "spool drained" in bridge.output()
     assert "spool=0" in bridge.output()
+
+
+def test_a_full_spool_stops_the_acks_and_the_broker_keeps_the_rest(
+    private_redis: RedisServer, log_dir: Path
+) -> None:
+    settings = get_settings()
+    client_id = f"{settings.mqtt.client_id}-full"
+    spool = settings.bridge.spool_path(client_id)
+    spool_max, total = 50, 300
+    bridge = Process(
+        "bridge",
+        python_module("bridge"),
+        log_dir,
+        {
+            "TASKHUB_BROKER_URL": private_redis.url,
+            "TASKHUB_MQTT__CLIENT_ID": client_id,
+            "TASKHUB_BRIDGE__SPOOL_MAX": str(spool_max),
+            "TASKHUB_BRIDGE__BATCH_SIZE": "10",
+        },
+    ).start()
+    queue = redis.Redis.from_url(private_redis.url)
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        private_redis.kill()
+        publish_checkins(total, id_base=75_000)
+        bridge.wait_output("the spool is full", TIMEOUT)
+        assert _spooled(spool) <= spool_max
+
+        private_redis.start()
+        wait_for(lambda: len(set(_task_ids(queue))) == total, TIMEOUT, f"all {total} tasks")
+        wait_for(lambda: _spooled(spool) == 0, TIMEOUT, "the spool to drain")
+    finally:
+        queue.close()
+        exit_code = bridge.terminate()
+    assert exit_code == 0
