@@ -111,6 +111,9 @@ def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
     finally:
         queue.close()
         exit_code = bridge.terminate()
+    print(
+        f"outage: spooled_during_outage={spooled_during_outage} receive_maximum={receive_maximum}"
+    )
     assert spooled_during_outage > 2 * receive_maximum, "messages were spooled and acked"
     assert exit_code == 0
     assert "spool drained" in bridge.output()
