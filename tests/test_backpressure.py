@@ -73,9 +73,7 @@ def test_queue_depth_stays_below_high_watermark_plus_in_flight(
         if worker is not None:
             worker.kill()
         bridge.terminate()
-    print(
-        f"backpressure: max_depth={max(depths)} high={HIGH} in_flight={IN_FLIGHT} samples={len(depths)}"
-    )
+    print(f"backpressure: max_depth={max(depths)} high={HIGH} in_flight={IN_FLIGHT}")
     assert max(depths) >= HIGH, "the test never reached the watermark"
     assert max(depths) <= HIGH + IN_FLIGHT
     assert "resuming intake" in bridge.output()
