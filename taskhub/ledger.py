@@ -53,12 +53,15 @@ def record(pipe: Pipeline, keys: LedgerKeys, entries: Iterable[LedgerEntry], now
     """Queue the recording of `entries` on `pipe`, in the transaction that enqueues them.
 
     Scores rise by a microsecond per entry, in enqueue order: the sweeper compares them with
-    the queue's tail to tell what has left a FIFO queue, so a batch must not tie.
+    the queue's tail to tell what has left a FIFO queue, so a batch must not tie. A task enqueued
+    again (an MQTT redelivery after a bridge crash) keeps its first score: its first copy is
+    still in the queue, and a newer score would make every task between the copies look lost.
     """
     entries = list(entries)
     if entries:
         pipe.hset(keys.entries, mapping={entry.task_id: entry.encode() for entry in entries})
-        pipe.zadd(keys.index, {e.task_id: now + i * 1e-6 for i, e in enumerate(entries)})
+        scores = {entry.task_id: now + i * 1e-6 for i, entry in enumerate(entries)}
+        pipe.zadd(keys.index, scores, nx=True)
 
 
 def settle(pipe: Pipeline, keys: LedgerKeys, task_id: str) -> None:

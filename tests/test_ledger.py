@@ -132,3 +132,17 @@ def test_only_a_failure_of_the_task_itself_settles_it(
     publisher.land([item])
     settle_failed(task_id=item.task_id, exception=exception)
     assert (broker_redis.zscore(keys.index, item.task_id) is None) is settled
+
+
+def test_a_task_landed_twice_keeps_the_backlog_between_its_copies_in_place(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    first = _outbound("820")
+    between = [_outbound(str(821 + n)) for n in range(20)]
+    publisher.land([first])
+    publisher.land(between)
+    publisher.land([_outbound("820")])  # MQTT redelivered it after a bridge crash
+    sweeper = _sweeper(broker_redis, keys)
+    assert json.loads(broker_redis.lindex("checkins", -1) or "")["headers"]["id"] == first.task_id
+    assert sweeper.sweep(now=time.time() + 60) == 0
+    assert broker_redis.llen("checkins") == 22
