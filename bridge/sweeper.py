@@ -89,7 +89,10 @@ class Sweeper:
         tail = self.redis.lindex(queue, -1)
         if tail is None:
             return float("inf")
-        task_id = json.loads(tail)["headers"]["id"]
+        try:
+            task_id = str(json.loads(tail)["headers"]["id"])
+        except (ValueError, KeyError, TypeError):
+            return float("-inf")  # not a task message we can read: judge nothing behind it
         score = self.redis.zscore(self.keys.index, task_id)
         return float("-inf") if score is None else float(score)
 

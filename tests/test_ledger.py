@@ -146,3 +146,12 @@ def test_a_task_landed_twice_keeps_the_backlog_between_its_copies_in_place(
     assert json.loads(broker_redis.lindex("checkins", -1) or "")["headers"]["id"] == first.task_id
     assert sweeper.sweep(now=time.time() + 60) == 0
     assert broker_redis.llen("checkins") == 22
+
+
+def test_a_foreign_message_at_the_tail_makes_the_sweep_judge_nothing(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    publisher.land([_outbound("840")])
+    broker_redis.rpop("checkins")  # lost...
+    broker_redis.rpush("checkins", b"\x80\x04not json")  # ...behind something unreadable
+    assert _sweeper(broker_redis, keys).sweep(now=time.time() + 60) == 0
