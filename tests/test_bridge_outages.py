@@ -18,16 +18,17 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 60
 
 
+def _bridge_on(server: RedisServer, log_dir: Path, client_id: str, **env: str) -> Process:
+    """A started bridge writing to `server`, under its own client id (and so its own spool)."""
+    settings = {"TASKHUB_BROKER_URL": server.url, "TASKHUB_MQTT__CLIENT_ID": client_id, **env}
+    return Process("bridge", python_module("bridge"), log_dir, settings).start()
+
+
 def test_bridge_holds_acks_while_redis_is_down_and_lands_everything_after(
     private_redis: RedisServer, log_dir: Path
 ) -> None:
     client_id = f"{get_settings().mqtt.client_id}-outage"
-    bridge = Process(
-        "bridge",
-        python_module("bridge"),
-        log_dir,
-        {"TASKHUB_BROKER_URL": private_redis.url, "TASKHUB_MQTT__CLIENT_ID": client_id},
-    ).start()
+    bridge = _bridge_on(private_redis, log_dir, client_id)
     queue = redis.Redis.from_url(private_redis.url)
     try:
         bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
@@ -78,18 +79,14 @@ def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
     client_id = f"{settings.mqtt.client_id}-spool"
     spool = settings.bridge.spool_path(client_id)
     receive_maximum = 100
-    bridge = Process(
-        "bridge",
-        python_module("bridge"),
+    # The broker may send at most this many unacked: spooling more proves the acks.
+    bridge = _bridge_on(
+        private_redis,
         log_dir,
-        {
-            "TASKHUB_BROKER_URL": private_redis.url,
-            "TASKHUB_MQTT__CLIENT_ID": client_id,
-            # The broker may send at most this many unacked: spooling more proves the acks.
-            "TASKHUB_MQTT__RECEIVE_MAXIMUM": str(receive_maximum),
-            "TASKHUB_BRIDGE__MAX_IN_FLIGHT": str(receive_maximum),
-        },
-    ).start()
+        client_id,
+        TASKHUB_MQTT__RECEIVE_MAXIMUM=str(receive_maximum),
+        TASKHUB_BRIDGE__MAX_IN_FLIGHT=str(receive_maximum),
+    )
     queue = redis.Redis.from_url(private_redis.url)
     total, rate = 4000, 100.0
     feed = threading.Thread(target=publish_checkins, args=(total, 70_000, rate))
@@ -127,17 +124,13 @@ def test_a_full_spool_stops_the_acks_and_the_broker_keeps_the_rest(
     client_id = f"{settings.mqtt.client_id}-full"
     spool = settings.bridge.spool_path(client_id)
     spool_max, total = 50, 300
-    bridge = Process(
-        "bridge",
-        python_module("bridge"),
+    bridge = _bridge_on(
+        private_redis,
         log_dir,
-        {
-            "TASKHUB_BROKER_URL": private_redis.url,
-            "TASKHUB_MQTT__CLIENT_ID": client_id,
-            "TASKHUB_BRIDGE__SPOOL_MAX": str(spool_max),
-            "TASKHUB_BRIDGE__BATCH_SIZE": "10",
-        },
-    ).start()
+        client_id,
+        TASKHUB_BRIDGE__SPOOL_MAX=str(spool_max),
+        TASKHUB_BRIDGE__BATCH_SIZE="10",
+    )
     queue = redis.Redis.from_url(private_redis.url)
     try:
         bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
