@@ -7,6 +7,7 @@ import signal
 import sys
 from types import FrameType
 
+from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.deadletter import stream_key
 from bridge.delivery import Delivery
@@ -45,8 +46,7 @@ def build_bridge(settings: Settings) -> Bridge:
         publisher,
         spool,
         Backpressure(bridge_settings.high_watermark, bridge_settings.low_watermark),
-        bridge_settings.redis_retry_min_delay,
-        bridge_settings.redis_retry_max_delay,
+        Backoff(bridge_settings.redis_retry_min_delay, bridge_settings.redis_retry_max_delay),
     )
     return Bridge(
         MqttSource(settings.mqtt, routes),

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from enum import StrEnum
 
+from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.outbound import Outbound
 from bridge.publisher import PublishFailed, RedisPublisher
@@ -34,22 +35,18 @@ class Delivery:
         publisher: RedisPublisher,
         spool: Spool,
         backpressure: Backpressure,
-        retry_min_delay: float,
-        retry_max_delay: float,
+        redis_backoff: Backoff,
     ) -> None:
         self.publisher = publisher
         self.spool = spool
         self.backpressure = backpressure
-        self.retry_min_delay = retry_min_delay
-        self.retry_max_delay = retry_max_delay
-        self._redis_retry_at = 0.0
-        self._redis_delay = retry_min_delay
+        self.redis_backoff = redis_backoff
         self._redis_down_since: float | None = None
         self.replayed = 0
 
     @property
     def redis_due(self) -> bool:
-        return time.monotonic() >= self._redis_retry_at
+        return self.redis_backoff.ready()
 
     def deliver(self, items: Sequence[Outbound]) -> list[Outcome]:
         """Put `items` somewhere durable and say where, one outcome per item."""
@@ -90,14 +87,12 @@ class Delivery:
         if self._redis_down_since is not None:
             log.info("redis is back after %.1fs", time.monotonic() - self._redis_down_since)
         self._redis_down_since = None
-        self._redis_delay = self.retry_min_delay
+        self.redis_backoff.succeeded()
         self.backpressure.observe(depths)
         return True
 
     def _redis_failed(self, error: PublishFailed) -> None:
-        now = time.monotonic()
         if self._redis_down_since is None:
-            self._redis_down_since = now
+            self._redis_down_since = time.monotonic()
             log.error("redis did not take a batch: %s; spooling to %s", error, self.spool.path)
-        self._redis_retry_at = now + self._redis_delay
-        self._redis_delay = min(self._redis_delay * 2, self.retry_max_delay)
+        self.redis_backoff.failed()

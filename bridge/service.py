@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
+from bridge.backoff import Backoff
 from bridge.deadletter import DeadLetter, stream_key
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
@@ -77,8 +78,7 @@ class Bridge:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._batch_started: float | None = None
-        self._held_until = 0.0
-        self._held_delay = settings.redis_retry_min_delay
+        self._hold = Backoff(settings.redis_retry_min_delay, settings.redis_retry_max_delay)
         self._next_depth_poll = 0.0
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
 
@@ -108,7 +108,7 @@ class Bridge:
 
     def _turn(self) -> None:
         room = self.settings.max_in_flight - len(self.pending)
-        held = time.monotonic() < self._held_until
+        held = not self._hold.ready()
         reading = not self._stop.is_set() and not held and not self.delivery.backpressure.paused
         busy = bool(self.pending) and not held
         self.source.pump(read=reading, room=room, timeout=0 if busy else IDLE_WAIT_SECONDS)
@@ -164,9 +164,9 @@ class Bridge:
             return
         outcomes = self.delivery.deliver([item.outbound for item in batch])
         if outcomes[0] is Outcome.HELD:
-            self._hold()
+            self._hold_batch()
             return
-        self._held_delay = self.settings.redis_retry_min_delay
+        self._hold.succeeded()
         for item in batch:
             self.source.ack(item.received)
             self.pending.popleft()
@@ -184,17 +184,16 @@ class Bridge:
         self.pending = kept
         self._batch_started = time.monotonic() if kept else None
 
-    def _hold(self) -> None:
+    def _hold_batch(self) -> None:
         """Neither Redis nor the spool took the batch: keep it unacked and try again later."""
-        if self._held_delay == self.settings.redis_retry_min_delay:
+        if not self._hold.failures:
             log.error(
                 "redis is down and the spool is full (%d messages): holding %d unacked messages; "
                 "the mqtt broker keeps the rest",
                 len(self.delivery.spool),
                 len(self.pending),
             )
-        self._held_until = time.monotonic() + self._held_delay
-        self._held_delay = min(self._held_delay * 2, self.settings.redis_retry_max_delay)
+        self._hold.failed()
 
     def _shutdown_overdue(self) -> bool:
         started = self._stop_requested_at or time.monotonic()

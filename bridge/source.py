@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bridge.backoff import Backoff
 from bridge.intake import RawMessage
 from taskhub.mqtt import connect_properties, new_client, reason_text
 from taskhub.routes import RouteTable
@@ -61,8 +62,7 @@ class MqttSource:
         self.received: deque[Received] = deque()
         self.connection = 0
         self.connected = False
-        self._reconnect_at = 0.0
-        self._reconnect_delay = settings.reconnect_min_delay
+        self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self._last_failure: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -139,9 +139,8 @@ class MqttSource:
             self.flush(timeout=5.0)
 
     def _maybe_reconnect(self, timeout: float) -> None:
-        now = time.monotonic()
-        if now < self._reconnect_at:
-            time.sleep(min(timeout, self._reconnect_at - now))
+        if not self._reconnect.ready():
+            time.sleep(min(timeout, self._reconnect.remaining()))
             return
         if self.connection == 0 and self._last_failure is None:
             log.info(
@@ -174,8 +173,7 @@ class MqttSource:
                 self.settings.reconnect_max_delay,
             )
             self._last_failure = why
-        self._reconnect_at = time.monotonic() + self._reconnect_delay
-        self._reconnect_delay = min(self._reconnect_delay * 2, self.settings.reconnect_max_delay)
+        self._reconnect.failed()
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -184,7 +182,7 @@ class MqttSource:
             self._connect_failed(f"refused: {reason_text(reason)}")
             return
         self._last_failure = None
-        self._reconnect_delay = self.settings.reconnect_min_delay
+        self._reconnect.succeeded()
         self.connection += 1
         self.connected = True
         log.info("mqtt connected (session present: %s)", flags.session_present)
@@ -198,7 +196,7 @@ class MqttSource:
     ) -> None:
         if self.connected:
             log.warning("mqtt disconnected: %s", reason_text(reason))
-            self._reconnect_at = time.monotonic() + self._reconnect_delay
+            self._reconnect.wait()
         self.connected = False
 
     def _on_subscribe(
