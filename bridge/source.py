@@ -22,7 +22,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.intake import RawMessage
-from taskhub.mqtt import connect_properties, new_client, reason_text
+from taskhub.mqtt import connect_arguments, new_client, reason_text
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings
 from taskhub.topics import SHARE_PREFIX
@@ -151,15 +151,7 @@ class MqttSource:
                 self.settings.protocol.value,
             )
         try:
-            self.client.connect(
-                self.settings.host,
-                self.settings.port,
-                keepalive=self.settings.keepalive,
-                clean_start=False
-                if self.settings.protocol is MqttProtocol.V5
-                else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=connect_properties(self.settings),
-            )
+            self.client.connect(**connect_arguments(self.settings, persistent=True))
         except (OSError, ssl.SSLError) as error:
             self._connect_failed(f"{type(error).__name__}: {error}")
 

@@ -6,6 +6,7 @@ Shared by the bridge and the demo feed so both connect the same way.
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -57,16 +58,20 @@ def connect_properties(settings: MqttSettings) -> Properties | None:
     return properties
 
 
-def connect_async(client: mqtt.Client, settings: MqttSettings, *, persistent: bool) -> None:
-    """Start connecting; paho's network loop finishes it and reconnects with backoff."""
+def connect_arguments(settings: MqttSettings, *, persistent: bool) -> dict[str, Any]:
+    """Keyword arguments for paho's `connect` or `connect_async`.
+
+    MQTT 5 asks for a persistent session with clean start off and a session expiry; MQTT 3.1.1
+    asks for it in the client's constructor (see new_client).
+    """
     v5 = settings.protocol is MqttProtocol.V5
-    client.connect_async(
-        settings.host,
-        settings.port,
-        keepalive=settings.keepalive,
-        clean_start=(not persistent) if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-        properties=connect_properties(settings) if persistent else None,
-    )
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "keepalive": settings.keepalive,
+        "clean_start": (not persistent) if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+        "properties": connect_properties(settings) if persistent else None,
+    }
 
 
 def reason_text(reason_code: object) -> str:

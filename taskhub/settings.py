@@ -179,11 +179,6 @@ class TaskSettings(_Block):
             raise ValueError("idempotency_window must be at least visibility_timeout")
         return self
 
-    @property
-    def redelivery_bound(self) -> float:
-        """Longest time before a killed worker's task is back on its queue."""
-        return self.visibility_timeout + self.unacked_restore_interval
-
 
 class BridgeSettings(_Block):
     """How the bridge batches, bounds and spools its work."""

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from taskhub.demo.venues import venue_for_code
-from taskhub.mqtt import connect_async, new_client, reason_text
+from taskhub.mqtt import connect_arguments, new_client, reason_text
 from taskhub.settings import MqttSettings
 
 DEFAULT_TOPIC = "checkins/{city}/tweets"
@@ -83,7 +83,7 @@ def publish(
             connected.set()
 
     client.on_connect = on_connect
-    connect_async(client, settings, persistent=False)
+    client.connect_async(**connect_arguments(settings, persistent=False))
     client.loop_start()
     try:
         if not connected.wait(timeout=settings.keepalive):
