@@ -25,13 +25,12 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import redis
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from rich.console import Console
 from rich.table import Table
 
 from taskhub.demo.feed import checkin_tweets
+from taskhub.mqtt import connect_arguments, new_client
+from taskhub.settings import MqttSettings
 from tests.support.isolation import free_port
 from tests.support.processes import (
     BRIDGE_READY,
@@ -219,18 +218,11 @@ class SequencedPublisher:
     """Publishes check-ins with QoS 1 through broker restarts, at least once each."""
 
     def __init__(self, port: int, topic: str, messages: int) -> None:
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"chaos-{os.getpid()}-publisher",
-            protocol=mqtt.MQTTv5,
-        )
+        # A persistent session, so messages in flight across a broker restart are resent.
+        settings = MqttSettings(port=port, keepalive=10, reconnect_max_delay=2)
+        self.client = new_client(settings, f"chaos-{os.getpid()}-publisher", persistent=True)
         self.client.max_inflight_messages_set(1000)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 3600
-        self.client.connect(
-            "127.0.0.1", port, keepalive=10, clean_start=False, properties=properties
-        )
+        self.client.connect(**connect_arguments(settings, persistent=True))
         self.client.loop_start()
         self.feed = list(checkin_tweets(messages, id_base=ID_BASE, topic=topic, seed=7))
         self.infos: list[mqtt.MQTTMessageInfo | None] = [None] * messages

@@ -7,10 +7,9 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from taskhub.mqtt import connect_arguments, new_client
+from taskhub.settings import MqttSettings
 from tests.support.processes import wait_for
 from tests.support.servers import MosquittoServer
 
@@ -19,18 +18,13 @@ QUEUED = 1500
 
 
 def _client(port: int, client_id: str, received: list[bytes] | None = None) -> mqtt.Client:
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-    )
+    settings = MqttSettings(port=port)
+    client = new_client(settings, client_id, persistent=True)
     connected = threading.Event()
     client.on_connect = lambda *args: connected.set()
     if received is not None:
         client.on_message = lambda c, u, message: received.append(bytes(message.payload))
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 3600
-    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    client.connect(**connect_arguments(settings, persistent=True))
     client.loop_start()
     assert connected.wait(10)
     return client
