@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
-from taskhub.routes import route_table
+from taskhub.routes import routes_or_exit
 from taskhub.settings import settings_or_exit
 
 UNACKED_MUTEX_EXPIRE = 30
 """Seconds a sweep's lock outlives a worker killed while sweeping (kombu's default is 300)."""
 
 _settings = settings_or_exit()
-_routes = route_table(_settings.topic_prefix)
+_routes = routes_or_exit(_settings)
 
 broker_url = _settings.broker_url.get_secret_value()
 result_backend = _settings.result_backend.get_secret_value()
@@ -62,4 +62,7 @@ task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in _r
 task_default_queue = _routes.queues[0]
 task_create_missing_queues = False
 task_routes = {task: {"queue": queue} for task, queue in _routes.task_queues.items()}
-imports = _routes.task_modules
+imports = (*_routes.task_modules, "tasks.failures")
+
+# Messages Celery refuses (pickle, unknown task, malformed) are dead-lettered, not only logged.
+worker_consumer = "taskhub.refusals:RecordingConsumer"

@@ -9,7 +9,6 @@ from types import FrameType
 
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
-from bridge.deadletter import stream_key
 from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
@@ -18,8 +17,9 @@ from bridge.service import Bridge
 from bridge.source import MqttSource
 from bridge.spool import Spool
 from bridge.sweeper import Sweeper
+from taskhub.celery import checked_routes
+from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
-from taskhub.routes import RouteError, route_table
 from taskhub.settings import Settings, redact_url, settings_or_exit
 
 log = logging.getLogger("taskhub.bridge")
@@ -27,10 +27,7 @@ log = logging.getLogger("taskhub.bridge")
 
 def build_bridge(settings: Settings) -> Bridge:
     """A bridge wired from settings; raises SystemExit with one line if the routes are wrong."""
-    try:
-        routes = route_table(settings.topic_prefix)
-    except RouteError as error:
-        raise SystemExit(f"taskhub: bad route table: {error}") from None
+    routes = checked_routes(settings)
     bridge_settings = settings.bridge
     ledger = LedgerKeys.for_prefix(settings.key_prefix)
     publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues, ledger)

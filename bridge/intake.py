@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.deadletter import DeadLetter, Reason
 from bridge.messages import TaskCall, deterministic_task_id
+from taskhub.deadletters import DeadLetter, Reason
 from taskhub.routes import RouteTable
 
 
@@ -24,7 +24,7 @@ class RawMessage:
     properties: dict[str, Any]
 
 
-def _first_error(error: ValidationError) -> str:
+def first_error(error: ValidationError) -> str:
     problems = error.errors(include_url=False)
     first = problems[0]
     where = ".".join(str(part) for part in first["loc"]) or "payload"
@@ -42,13 +42,26 @@ class Intake:
     def judge(self, message: RawMessage) -> TaskCall | DeadLetter:
         def dead(reason: Reason, detail: str, route: str | None = None) -> DeadLetter:
             return DeadLetter(
-                message.topic, message.payload, reason, detail, route, message.properties
+                reason,
+                detail,
+                topic=message.topic,
+                payload=message.payload,
+                route=route,
+                properties=message.properties,
             )
 
         matched = self.routes.match(message.topic)
         if matched is None:
             return dead(Reason.NO_ROUTE, f"no route matches topic {message.topic!r}")
         route = matched.route
+        for name, value in matched.params.items():
+            if not route.parameter_rule.fullmatch(value):
+                return dead(
+                    Reason.BAD_TOPIC_PARAMETER,
+                    f"topic parameter {name}={value[:80]!r} must match "
+                    f"{route.parameter_rule.pattern}",
+                    route.name,
+                )
         if len(message.payload) > self.max_payload_bytes:
             return dead(
                 Reason.PAYLOAD_TOO_LARGE,
@@ -67,7 +80,7 @@ class Intake:
         try:
             payload = route.payload.model_validate(document)
         except ValidationError as error:
-            return dead(Reason.SCHEMA, _first_error(error), route.name)
+            return dead(Reason.SCHEMA, first_error(error), route.name)
         if route.key is not None:
             identity = str(getattr(payload, route.key))
         else:

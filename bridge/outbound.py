@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bridge.deadletter import DeadLetter
 from bridge.messages import MessageBuilder, TaskCall
+from taskhub.deadletters import DeadLetter
 
 
 class Kind(StrEnum):
@@ -33,7 +33,7 @@ class Outbound:
 
     @classmethod
     def dead_letter(cls, letter: DeadLetter, stream: str) -> Outbound:
-        return cls(Kind.DEAD_LETTER, stream, json.dumps(letter.as_stream_fields()))
+        return cls(Kind.DEAD_LETTER, stream, json.dumps(letter.to_fields()))
 
     def stream_fields(self) -> dict[str, str]:
         return dict(json.loads(self.body))

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import redis
 
-from bridge.deadletter import DEFAULT_STREAM_MAXLEN
 from bridge.outbound import Kind, Outbound
+from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 
 SOCKET_TIMEOUT = 5.0

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import redis
 
 from bridge.backoff import Backoff
-from bridge.deadletter import DeadLetter, stream_key
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.outbound import Kind, Outbound
 from bridge.source import MqttSource, Received
 from bridge.sweeper import Sweeper
+from taskhub.deadletters import DeadLetter, stream_key
 from taskhub.settings import BridgeSettings
 
 log = logging.getLogger("taskhub.bridge")

@@ -53,11 +53,8 @@ class MqttSource:
         self.settings = settings
         self.client = new_client(settings, settings.client_id, persistent=True, manual_ack=True)
         self.subscriptions = [
-            (
-                self._filter_for(route.pattern.mqtt_filter),
-                route.qos if route.qos is not None else settings.qos,
-            )
-            for route in routes
+            (self._filter_for(topic_filter), qos)
+            for topic_filter, qos in routes.subscriptions(settings.qos)
         ]
         self.received: deque[Received] = deque()
         self.connection = 0

@@ -13,6 +13,7 @@ is absorbed by the task's idempotency.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import redis
 
+from taskhub.deadletters import DeadLetter, FailedTask, Reason
 from taskhub.ledger import LedgerEntry, LedgerKeys
 
 log = logging.getLogger("taskhub.bridge.sweeper")
@@ -139,13 +141,22 @@ def _text(value: bytes | str) -> str:
 
 
 def _never_completed(entry: LedgerEntry) -> dict[str, str]:
-    return {
-        "topic": "",
-        "payload": entry.body,
-        "payload_encoding": "utf-8",
-        "reason": "never_completed",
-        "detail": f"task {entry.task_id} on {entry.queue} was lost or failed {entry.sweeps} times",
-        "route": entry.queue,
-        "received_at": "",
-        "properties": "{}",
-    }
+    """A task letter for `entry`, its arguments read back from the message, for replay."""
+    task, args, kwargs = _call_in(entry.body)
+    letter = DeadLetter(
+        Reason.NEVER_COMPLETED,
+        f"task {entry.task_id} on {entry.queue} was lost or failed {entry.sweeps} times",
+        route=entry.queue,
+        task=FailedTask(task, entry.task_id, entry.queue, args, kwargs),
+    )
+    return letter.to_fields()
+
+
+def _call_in(body: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """(task name, args, kwargs) of a JSON task message as kombu stores it; blanks if unreadable."""
+    try:
+        message = json.loads(body)
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        return str(message["headers"]["task"]), list(args), dict(kwargs)
+    except (ValueError, KeyError, TypeError):
+        return "", [], {}

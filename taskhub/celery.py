@@ -5,13 +5,15 @@ Its configuration lives in the top-level `celeryconfig` module, derived from tas
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import billiard.common
 from celery import Celery
 from celery.signals import worker_init
 
-from taskhub.settings import settings_or_exit
+from taskhub.routes import RouteError, RouteTable, routes_or_exit
+from taskhub.settings import Settings, settings_or_exit
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
@@ -32,3 +34,42 @@ def _warn_unless_sigterm_requeues(**_: object) -> None:
             "requeueing them after TASKHUB_TASKS__SOFT_SHUTDOWN_TIMEOUT; start the worker with "
             "REMAP_SIGTERM=SIGQUIT (the Procfile and docker-compose.yml do)"
         )
+
+
+def check_routes(celery_app: Celery, routes: RouteTable) -> None:
+    """Raise RouteError unless every route's task is a registered task on a declared queue."""
+    declared = {queue.name for queue in celery_app.conf.task_queues or ()}
+    for route in routes:
+        where = f"route {route.pattern}"
+        try:
+            importlib.import_module(route.task_module)
+        except Exception as error:
+            raise RouteError(
+                f"{where}: task module {route.task_module} cannot be imported "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        if route.task not in celery_app.tasks:
+            raise RouteError(
+                f"{where}: {route.task} is not a Celery task; define it in {route.task_module} "
+                f"with @app.task(name={route.task!r})"
+            )
+        if route.queue not in declared:
+            raise RouteError(
+                f"{where}: queue {route.queue!r} is not declared in celeryconfig.task_queues"
+            )
+
+
+def checked_routes(settings: Settings) -> RouteTable:
+    """The route table, checked against the Celery app; a wrong one ends the process in one line."""
+    routes = routes_or_exit(settings)
+    try:
+        check_routes(app, routes)
+    except RouteError as error:
+        raise SystemExit(f"taskhub: bad route table: {error}") from None
+    return routes
+
+
+@worker_init.connect
+def _refuse_a_wrong_route_table(**_: object) -> None:
+    """A worker whose routes name a missing task would fail every message it takes: stop now."""
+    checked_routes(settings_or_exit())

@@ -1,4 +1,4 @@
-"""The `taskhub` command: the demo's stand-in and feed, and a look at routes and settings."""
+"""The `taskhub` command: routes, settings, dead letters, and the demo's stand-in and feed."""
 
 from __future__ import annotations
 
@@ -11,27 +11,28 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from taskhub.routes import RouteError, route_table
+from taskhub import deadletter_commands
 from taskhub.settings import Settings, redact_url, settings_or_exit
 
 
 def _routes(settings: Settings) -> int:
-    try:
-        routes = route_table(settings.topic_prefix)
-    except RouteError as error:
-        raise SystemExit(f"taskhub: bad route table: {error}") from None
-    table = Table("topic pattern", "subscribes", "task", "queue", "payload", "qos", "key")
+    from taskhub.celery import checked_routes
+
+    routes = checked_routes(settings)
+    table = Table("topic pattern", "task", "queue", "payload", "qos", "key", title="routes")
     for route in routes:
         table.add_row(
             route.pattern.text,
-            route.pattern.mqtt_filter,
             route.task,
             route.queue,
             route.payload.__name__,
             str(route.qos if route.qos is not None else settings.mqtt.qos),
             route.key or "(topic+payload hash)",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    filters = ", ".join(f"{f} (QoS {q})" for f, q in routes.subscriptions(settings.mqtt.qos))
+    console.print(f"the bridge subscribes: {filters}; unmatched topics there are dead letters")
     return 0
 
 
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--id-base", type=int, help="first tweet id (default: from the clock)")
     feed.add_argument("--seed", type=int, help="random seed, for a repeatable feed")
     feed.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    deadletter_commands.add_parser(commands)
     return parser
 
 
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config(settings)
     if args.command == "standin":
         return _standin(settings, args)
+    if args.command == "deadletter":
+        return deadletter_commands.run(settings, args)
     return _feed(settings, args)
 
 

@@ -1,18 +1,27 @@
 """The route table: which MQTT topics become which Celery task, on which queue.
 
-Adding a route is one entry in ROUTES below. Everything else (subscriptions, Celery queues,
-`task_routes`, worker imports, Flower's queue list) is derived from it.
+Adding a route is one entry in ROUTES below (or in a module of your own named by TASKHUB_ROUTES).
+Everything else (subscriptions, Celery queues, `task_routes`, worker imports, Flower's queue list)
+is derived from it.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from taskhub.payloads import CheckinTweet, Payload, SensorReading
+from taskhub.settings import Settings
 from taskhub.topics import TopicError, TopicPattern
 
 _QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+SAFE_PARAMETER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a named topic parameter may hold unless its route says otherwise. Tasks put parameters
+in Redis keys (`<prefix>:reading:<device_id>`), so `:`, spaces, wildcards and unbounded lengths
+are refused at the bridge as dead letters."""
+DEFAULT_ROUTES = "taskhub.routes:ROUTES"
 
 
 class RouteError(ValueError):
@@ -24,7 +33,8 @@ class Route:
     """One topic pattern -> one task on one queue, with the model its payload must satisfy.
 
     `key` names the payload field that identifies a message (for deterministic task ids);
-    without one, the topic and payload bytes identify it.
+    without one, the topic and payload bytes identify it. Every named topic parameter must
+    match `parameter_rule` whole, or the message is dead-lettered.
     """
 
     pattern: TopicPattern
@@ -34,6 +44,7 @@ class Route:
     qos: int | None = None
     key: str | None = None
     name: str = field(default="")
+    parameter_rule: re.Pattern[str] = SAFE_PARAMETER
 
     def __post_init__(self) -> None:
         where = f"route {self.pattern}"
@@ -100,6 +111,32 @@ class RouteTable:
                 return RouteMatch(route, params)
         return None
 
+    def subscriptions(self, default_qos: int) -> list[tuple[str, int]]:
+        """(filter, QoS) pairs that cover every route, subscribed by namespace.
+
+        Each route's namespace is subscribed as `<namespace>/#` (see TopicPattern.namespace), at
+        the highest QoS of the routes in it; a namespace inside another is left out, so no message
+        arrives twice. A route that starts with a wildcard is subscribed as it is.
+        """
+        wanted: dict[tuple[str, ...], int] = {}
+        exact: dict[str, int] = {}
+        for route in self.routes:
+            qos = route.qos if route.qos is not None else default_qos
+            namespace = route.pattern.namespace
+            if namespace:
+                wanted[namespace] = max(qos, wanted.get(namespace, 0))
+            else:
+                exact[route.pattern.mqtt_filter] = max(qos, exact.get(route.pattern.mqtt_filter, 0))
+        covering: dict[tuple[str, ...], int] = {}
+        for namespace in sorted(wanted, key=len):
+            outer = next((kept for kept in covering if namespace[: len(kept)] == kept), None)
+            if outer is None:
+                covering[namespace] = wanted[namespace]
+            else:
+                covering[outer] = max(covering[outer], wanted[namespace])
+        found = [("/".join((*namespace, "#")), qos) for namespace, qos in covering.items()]
+        return found + list(exact.items())
+
     @property
     def queues(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(route.queue for route in self.routes))
@@ -126,6 +163,7 @@ def _with_prefix(route: Route, prefix: str) -> Route:
         qos=route.qos,
         key=route.key,
         name=route.name,
+        parameter_rule=route.parameter_rule,
     )
 
 
@@ -146,6 +184,31 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def route_table(topic_prefix: str = "") -> RouteTable:
-    """The project's routes, checked, below `topic_prefix`."""
-    return RouteTable(ROUTES, topic_prefix)
+def load_routes(spec: str = DEFAULT_ROUTES) -> tuple[Route, ...]:
+    """The routes declared at `spec` (`module:NAME`), or RouteError saying why they cannot be."""
+    module_name, _, attribute = spec.partition(":")
+    where = f"TASKHUB_ROUTES={spec}"
+    try:
+        declared = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, RouteError) as error:
+        raise RouteError(f"{where}: {error}") from None
+    except Exception as error:  # the module itself is broken: say how, in one line
+        raise RouteError(f"{where}: {type(error).__name__}: {error}") from None
+    if not isinstance(declared, list | tuple) or not all(isinstance(r, Route) for r in declared):
+        raise RouteError(f"{where}: must be a list or tuple of taskhub.routes.Route")
+    if not declared:
+        raise RouteError(f"{where}: declares no routes")
+    return tuple(declared)
+
+
+def route_table(topic_prefix: str = "", spec: str = DEFAULT_ROUTES) -> RouteTable:
+    """The routes declared at `spec`, checked, below `topic_prefix`."""
+    return RouteTable(load_routes(spec), topic_prefix)
+
+
+def routes_or_exit(settings: Settings) -> RouteTable:
+    """The configured route table for an entry point: a wrong one ends the process in one line."""
+    try:
+        return route_table(settings.topic_prefix, settings.routes)
+    except RouteError as error:
+        raise SystemExit(f"taskhub: bad route table: {error}") from None

@@ -200,6 +200,11 @@ class BridgeSettings(_Block):
     redis_retry_min_delay: Seconds = 0.2
     redis_retry_max_delay: Seconds = 10.0
     max_payload_bytes: int = Field(256 * 1024, ge=1)
+    """Larger payloads are dead-lettered as payload_too_large."""
+    deadletter_maxlen: int = Field(100_000, ge=100)
+    """Most dead letters kept (a capped Redis stream); the oldest go first."""
+    deadletter_topic: str | None = Field(None, pattern=r"^[^+#\x00]+$")
+    """When set, each dead letter is also published (QoS 1, JSON) to this MQTT topic."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -243,6 +248,8 @@ class Settings(BaseSettings):
     """Prefix of every Redis key taskhub writes besides Celery's own."""
     topic_prefix: str = Field("", pattern=r"^([^+#\x00]+/)?$")
     """Prepended to every route's topic pattern (ends with '/'); isolates tenants and test runs."""
+    routes: str = Field("taskhub.routes:ROUTES", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """Where the route table is declared, as `module:NAME` (a tuple of taskhub.routes.Route)."""
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     tasks: TaskSettings = TaskSettings()

@@ -105,6 +105,20 @@ class TopicPattern:
         )
 
     @property
+    def namespace(self) -> tuple[str, ...]:
+        """The literal levels before the first wildcard (a literal topic: all but its last level).
+
+        Empty when the pattern starts with a wildcard. The bridge subscribes `<namespace>/#`, so
+        that a message near a route but matched by none is seen, and dead-lettered as no_route.
+        """
+        literal: list[str] = []
+        for level, name in zip(self.levels, self.parameters, strict=True):
+            if name is not None or level in (SINGLE_LEVEL, MULTI_LEVEL):
+                return tuple(literal)
+            literal.append(level)
+        return tuple(literal[:-1]) if len(literal) > 1 else tuple(literal)
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(name for name in self.parameters if name is not None)
 

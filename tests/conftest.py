@@ -84,18 +84,22 @@ def worker(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
         log_dir,
         {},
     ).start()
-    process.wait_output(WORKER_READY, timeout=60)
-    yield process
-    process.kill()
+    try:
+        process.wait_output(WORKER_READY, timeout=60)
+        yield process
+    finally:
+        process.kill()
 
 
 @pytest.fixture
 def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
     """`python -m bridge`, started and subscribed to every route."""
     process = Process("bridge", python_module("bridge"), log_dir, {}).start()
-    process.wait_output(BRIDGE_READY, timeout=30, count=2)
-    yield process
-    process.kill()
+    try:
+        process.wait_output(BRIDGE_READY, timeout=30, count=2)
+        yield process
+    finally:
+        process.kill()
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import random
 import string
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,6 +24,16 @@ MAX_UNACKED = 1000
 _USERS = ("ana", "bo", "chen", "dita", "emeka", "farah", "gus", "hana", "ivo", "jun", "kemal")
 _PHRASES = ("I'm at", "Lunch at", "Finally at", "Back at", "Coffee break @", "Meeting at")
 _CODE_CHARS = string.ascii_letters + string.digits
+
+
+class Publishable(Protocol):
+    """Anything with a topic and payload bytes: a feed message, or a test's hand-made one."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ def checkin_tweets(
 
 def publish(
     settings: MqttSettings,
-    messages: Iterator[FeedMessage],
+    messages: Iterable[Publishable],
     *,
     rate: float,
     total: int,
@@ -98,7 +108,7 @@ def publish(
 
 def _publish_paced(
     client: mqtt.Client,
-    messages: Iterator[FeedMessage],
+    messages: Iterable[Publishable],
     *,
     rate: float,
     total: int,

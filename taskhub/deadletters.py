@@ -1,0 +1,298 @@
+"""The dead-letter store: every input taskhub refused and every task that failed for good, with the
+reason, kept in one capped Redis stream (in the broker's Redis) for inspection and replay.
+
+Two kinds share the stream. A *message* letter is an MQTT message the bridge refused: its topic and
+exact payload bytes, so replay can judge it again. A *task* letter is a task that failed for good or
+that a worker refused: its name, id, arguments and the error, so replay can enqueue it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+DEFAULT_MAXLEN = 100_000
+SCAN_CHUNK = 500
+
+
+class Kind(StrEnum):
+    MESSAGE = "message"
+    TASK = "task"
+
+
+class Reason(StrEnum):
+    # The bridge refused an MQTT message.
+    NO_ROUTE = "no_route"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    BAD_TOPIC_PARAMETER = "bad_topic_parameter"
+    # A task failed or was refused.
+    TASK_FAILED = "task_failed"
+    NEVER_COMPLETED = "never_completed"
+    CONTENT_DISALLOWED = "content_disallowed"
+    UNKNOWN_TASK = "unknown_task"
+    INVALID_TASK = "invalid_task"
+
+
+NOT_REPLAYABLE = frozenset({Reason.CONTENT_DISALLOWED, Reason.INVALID_TASK})
+"""Letters whose payload must never be run: kept for inspection only."""
+
+_CREDENTIALS_IN_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with any password inside a URL replaced by `***`: error messages quote URLs."""
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedTask:
+    """The task half of a task letter."""
+
+    name: str
+    task_id: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    exception: str = ""
+    """The exception's type, e.g. `tasks.checkins.CheckinNotResolvable`."""
+    traceback: str = ""
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: Reason
+    detail: str
+    topic: str = ""
+    payload: bytes = b""
+    route: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    task: FailedTask | None = None
+    id: str = ""
+    """The stream entry id once stored (`<ms>-<seq>`); empty before."""
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.TASK if self.task is not None else Kind.MESSAGE
+
+    @property
+    def replayable(self) -> bool:
+        return self.reason not in NOT_REPLAYABLE
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for XADD; payload bytes kept exactly (base64 where not UTF-8)."""
+        try:
+            payload, encoding = self.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+        fields = {
+            "kind": self.kind.value,
+            "reason": self.reason.value,
+            "detail": redact(self.detail),
+            "topic": self.topic,
+            "payload": payload,
+            "payload_encoding": encoding,
+            "route": self.route or "",
+            "received_at": self.received_at.isoformat(),
+            "properties": json.dumps(self.properties, default=str),
+        }
+        if self.task is not None:
+            fields.update(
+                task=self.task.name,
+                task_id=self.task.task_id,
+                queue=self.task.queue,
+                args=json.dumps(self.task.args, default=str),
+                kwargs=json.dumps(self.task.kwargs, default=str),
+                exception=self.task.exception,
+                traceback=redact(self.task.traceback),
+                retries=str(self.task.retries),
+            )
+        return fields
+
+    @classmethod
+    def from_fields(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+        """The letter stored as `fields` under `entry_id`; tolerant of missing fields."""
+        payload = fields.get("payload", "")
+        if fields.get("payload_encoding") == "base64":
+            raw = base64.b64decode(payload)
+        else:
+            raw = payload.encode("utf-8")
+        task = None
+        if fields.get("kind") == Kind.TASK.value:
+            task = FailedTask(
+                name=fields.get("task", ""),
+                task_id=fields.get("task_id", ""),
+                queue=fields.get("queue", ""),
+                args=_json_or(fields.get("args"), []),
+                kwargs=_json_or(fields.get("kwargs"), {}),
+                exception=fields.get("exception", ""),
+                traceback=fields.get("traceback", ""),
+                retries=int(fields.get("retries") or 0),
+            )
+        return cls(
+            reason=_reason(fields.get("reason", "")),
+            detail=fields.get("detail", ""),
+            topic=fields.get("topic", ""),
+            payload=raw,
+            route=fields.get("route") or None,
+            properties=_json_or(fields.get("properties"), {}),
+            received_at=_time_of(fields.get("received_at"), entry_id),
+            task=task,
+            id=entry_id,
+        )
+
+
+def _json_or(text: str | None, default: Any) -> Any:
+    try:
+        return json.loads(text) if text else default
+    except ValueError:
+        return default
+
+
+def _reason(text: str) -> Reason:
+    try:
+        return Reason(text)
+    except ValueError:
+        return Reason.INVALID_TASK
+
+
+def _time_of(text: str | None, entry_id: str) -> datetime:
+    if text:
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    milliseconds = int(entry_id.partition("-")[0] or 0)
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
+
+
+def stream_key(key_prefix: str) -> str:
+    return f"{key_prefix}:deadletters"
+
+
+@dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which letters a command looks at; empty fields match everything."""
+
+    reasons: frozenset[Reason] = frozenset()
+    route: str | None = None
+    """Exact route name or queue, or the task's name."""
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: frozenset[str] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return self == LetterFilter()
+
+    def admits(self, letter: DeadLetter) -> bool:
+        if self.ids and letter.id not in self.ids:
+            return False
+        if self.reasons and letter.reason not in self.reasons:
+            return False
+        return not (self.route is not None and self.route not in _route_names(letter))
+
+    def stream_bounds(self) -> tuple[str, str]:
+        """XRANGE bounds from the time range: entry ids are millisecond timestamps."""
+        low = f"{int(self.since.timestamp() * 1000)}-0" if self.since else "-"
+        high = f"{int(self.until.timestamp() * 1000)}-18446744073709551615" if self.until else "+"
+        return low, high
+
+
+def _route_names(letter: DeadLetter) -> set[str]:
+    names = {letter.route or ""}
+    if letter.route and ":" in letter.route:
+        names.add(letter.route.partition(":")[0])
+    if letter.task is not None:
+        names.update({letter.task.name, letter.task.queue})
+    return names
+
+
+class DeadLetterStore:
+    """Reads and writes the dead-letter stream."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, maxlen: int = DEFAULT_MAXLEN) -> None:
+        self.redis = client
+        self.key = stream_key(key_prefix)
+        self.maxlen = maxlen
+
+    def add(self, letter: DeadLetter) -> str:
+        with self.redis.pipeline(transaction=True) as pipe:
+            self.add_to(pipe, letter)
+            (entry_id,) = pipe.execute()
+        return _text(entry_id)
+
+    def add_to(self, pipe: Pipeline, letter: DeadLetter) -> None:
+        """Queue the letter's XADD on `pipe`, so it lands with the rest of a transaction."""
+        add_fields(pipe, self.key, letter.to_fields(), self.maxlen)
+
+    def __len__(self) -> int:
+        return int(self.redis.xlen(self.key))
+
+    def get(self, entry_id: str) -> DeadLetter | None:
+        found = _entries(self.redis.xrange(self.key, entry_id, entry_id))
+        return DeadLetter.from_fields(*found[0]) if found else None
+
+    def scan(
+        self, which: LetterFilter = LetterFilter(), newest_first: bool = True
+    ) -> Iterator[DeadLetter]:
+        """Every letter `which` admits, newest first, read in chunks."""
+        low, high = which.stream_bounds()
+        while True:
+            if newest_first:
+                chunk = _entries(self.redis.xrevrange(self.key, high, low, count=SCAN_CHUNK))
+            else:
+                chunk = _entries(self.redis.xrange(self.key, low, high, count=SCAN_CHUNK))
+            for entry_id, fields in chunk:
+                letter = DeadLetter.from_fields(entry_id, fields)
+                if which.admits(letter):
+                    yield letter
+            if len(chunk) < SCAN_CHUNK:
+                return
+            last = chunk[-1][0]
+            if newest_first:
+                high = "(" + last
+            else:
+                low = "(" + last
+
+    def delete(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        return int(self.redis.xdel(self.key, *ids)) if ids else 0
+
+    def counts(self) -> dict[str, int]:
+        """How many letters per reason."""
+        counted: dict[str, int] = {}
+        for letter in self.scan():
+            counted[letter.reason.value] = counted.get(letter.reason.value, 0) + 1
+        return counted
+
+
+def add_fields(pipe: Pipeline, key: str, fields: dict[str, str], maxlen: int) -> None:
+    pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """XRANGE's reply as (entry id, fields) in text."""
+    return [
+        (_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
+        for entry_id, fields in raw or ()
+    ]
