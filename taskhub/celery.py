@@ -57,6 +57,12 @@ def check_routes(celery_app: Celery, routes: RouteTable) -> None:
             raise RouteError(
                 f"{where}: queue {route.queue!r} is not declared in celeryconfig.task_queues"
             )
+        own_queue = getattr(celery_app.tasks[route.task], "queue", None)
+        if own_queue is not None and own_queue != route.queue:
+            raise RouteError(
+                f"{where}: task {route.task} names queue {own_queue!r} in its decorator, so "
+                f"task.delay() would not land on the route's queue {route.queue!r}; drop queue="
+            )
 
 
 def checked_routes(settings: Settings) -> RouteTable:

@@ -105,3 +105,42 @@ def test_delay_from_any_program_lands_on_the_route_queue(broker_redis: redis.Red
     message = json.loads(raw)
     assert message["headers"]["task"] == "tasks.sensors.record_reading"
     assert message["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (["checkins/{city}/#", "sensors/{id}/reading"], [("checkins/#", 1), ("sensors/#", 1)]),
+        (["a/b/{x}", "a/{y}/c"], [("a/#", 1)]),  # a/b/# lies inside a/#: one subscription
+        (["status/online"], [("status/#", 1)]),
+        (["+/alarm"], [("+/alarm", 1)]),  # no literal namespace: subscribed as it is
+    ],
+)
+def test_the_bridge_subscribes_each_namespace_once(
+    patterns: list[str], expected: list[tuple[str, int]]
+) -> None:
+    table = RouteTable(
+        [_route(p, task=f"tasks.t{n}.run", queue=f"q{n}") for n, p in enumerate(patterns)]
+    )
+    assert table.subscriptions(default_qos=1) == expected
+
+
+def test_a_namespace_is_subscribed_at_the_highest_qos_of_its_routes() -> None:
+    table = RouteTable(
+        [
+            Route(TopicPattern("a/{x}"), "tasks.a.run", "qa", CheckinTweet, qos=0),
+            Route(TopicPattern("a/{x}/{y}"), "tasks.b.run", "qb", CheckinTweet, qos=2),
+        ]
+    )
+    assert table.subscriptions(default_qos=1) == [("a/#", 2)]
+
+
+def test_a_task_whose_decorator_names_another_queue_is_refused() -> None:
+    from taskhub.celery import app, check_routes
+
+    @app.task(name="tests.elsewhere", queue="elsewhere")  # type: ignore[untyped-decorator]
+    def elsewhere() -> None: ...
+
+    table = RouteTable([_route("x/{a}", task="tests.elsewhere", queue="checkins")])
+    with pytest.raises(RouteError, match="names queue 'elsewhere' in its decorator"):
+        check_routes(app, table)

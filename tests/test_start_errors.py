@@ -1,0 +1,73 @@
+"""A wrong route table or setting stops every entry point at start: one line says what to fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.support.processes import celery, python_module
+
+BAD = "tests.support.bad_routes"
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+    )
+
+
+@pytest.mark.parametrize(
+    ("routes", "complaint"),
+    [
+        (f"{BAD}:SAME_PATTERN_TWICE", "subscribe to the same filter; remove one"),
+        (f"{BAD}:UNKNOWN_TASK", "tasks.sensors.record_readings is not a Celery task"),
+        (f"{BAD}:MISSING_MODULE", "task module tasks.alarms cannot be imported"),
+        (f"{BAD}:NOT_ROUTES", "must be a list or tuple of taskhub.routes.Route"),
+        (f"{BAD}:NOWHERE", "has no attribute 'NOWHERE'"),
+        ("tests.support.malformed_routes:ROUTES", "'#' must be the last level"),
+    ],
+)
+def test_the_bridge_refuses_a_wrong_route_table_in_one_line(routes: str, complaint: str) -> None:
+    done = _start(python_module("bridge"), {"TASKHUB_ROUTES": routes})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("taskhub: bad route table: ")
+    assert complaint in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        python_module("taskhub.cli", "routes"),
+        celery("worker", "--pool=solo", "--without-mingle", "--without-gossip"),
+    ],
+    ids=["cli", "worker"],
+)
+def test_the_worker_and_the_cli_refuse_it_too(argv: list[str]) -> None:
+    done = _start(argv, {"TASKHUB_ROUTES": f"{BAD}:UNKNOWN_TASK"})
+    assert done.returncode != 0
+    assert "taskhub: bad route table:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("TASKHUB_BRIDGE__BATCH_SIZE", "0", "TASKHUB_BRIDGE__BATCH_SIZE: Input should be greater"),
+        ("TASKHUB_TASKS__VISIBILITY_TIMEOUT", "60", "must exceed time_limit + retry_backoff_max"),
+        ("TASKHUB_ROUTES", "no colon", "TASKHUB_ROUTES: String should match pattern"),
+        ("TASKHUB_BRIDGE__DEADLETTER_TOPIC", "dead/#", "TASKHUB_BRIDGE__DEADLETTER_TOPIC"),
+    ],
+)
+def test_an_impossible_setting_is_refused_in_one_line(
+    variable: str, value: str, complaint: str
+) -> None:
+    done = _start(python_module("bridge"), {variable: value})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("taskhub: bad configuration:")
+    assert complaint in lines[0]
