@@ -229,6 +229,16 @@ class StandinSettings(_Block):
     error_rate: float = Field(0.0, ge=0, le=1)
 
 
+class FlowerSettings(_Block):
+    """Flower, always behind HTTP basic auth (flowerconfig.py reads these)."""
+
+    address: str = "127.0.0.1"
+    port: int = Field(5555, ge=1, le=65535)
+    username: str = Field("taskhub", pattern=r"^[^:\s]+$")
+    password: SecretStr | None = None
+    """Required to start Flower; scripts/demo makes one up and prints it."""
+
+
 class Settings(BaseSettings):
     """taskhub's whole configuration. Nested blocks read `TASKHUB_<BLOCK>__<FIELD>`."""
 
@@ -255,6 +265,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = TaskSettings()
     bridge: BridgeSettings = BridgeSettings()
     standin: StandinSettings = StandinSettings()
+    flower: FlowerSettings = FlowerSettings()
 
     @property
     def store_redis_url(self) -> str:

@@ -35,7 +35,7 @@ def test_procfile_runs_every_process_with_autoscaling_worker() -> None:
     assert procfile["worker"].startswith(
         "env REMAP_SIGTERM=SIGQUIT celery -A taskhub worker --autoscale="
     )
-    assert procfile["flower"].startswith("celery -A taskhub flower")
+    assert procfile["flower"] == "celery -A taskhub flower --conf=flowerconfig.py"
     assert procfile["bridge"] == "python -m bridge"
 
 
@@ -102,3 +102,11 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(name for name in leaves if f"`{name}`" not in readme)
     assert missing == []
+
+
+def test_compose_serves_flower_behind_basic_auth_from_settings() -> None:
+    flower = _compose()["services"]["flower"]
+    assert "--conf=flowerconfig.py" in " ".join(flower["command"])
+    assert flower["environment"]["TASKHUB_FLOWER__PASSWORD"].startswith(
+        "${TASKHUB_FLOWER__PASSWORD:?"
+    )

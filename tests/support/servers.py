@@ -57,9 +57,15 @@ class _Server:
 
 
 class RedisServer(_Server):
-    """redis-server with an AOF fsynced on every write, so a killed one restarts with its data."""
+    """redis-server with an AOF fsynced on every write, so a killed one restarts with its data.
+
+    With a `password`, clients must authenticate (`requirepass`)."""
 
     name = "redis"
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        super().__init__(workdir)
+        self.password = password
 
     def argv(self) -> list[str]:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -77,11 +83,13 @@ class RedisServer(_Server):
             "always",
             "--dir",
             str(self.workdir),
+            *(["--requirepass", self.password] if self.password else []),
         ]
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
 
 REPO_MOSQUITTO_CONF = Path(__file__).resolve().parents[2] / "scripts" / "mosquitto.conf"
@@ -92,9 +100,12 @@ class MosquittoServer(_Server):
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener_config: str = "") -> None:
+        """`listener_config` replaces `allow_anonymous true` (e.g. TLS and a password file)."""
         super().__init__(workdir)
         config = REPO_MOSQUITTO_CONF.read_text()
+        if listener_config:
+            config = config.replace("allow_anonymous true", listener_config)
         config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")
         config = config.replace("/mosquitto/data/", f"{self.workdir}/")
         config = config.replace("autosave_interval 30", "autosave_interval 1")
