@@ -21,6 +21,7 @@ from taskhub.celery import checked_routes
 from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import Settings, redact_url, settings_or_exit
+from taskhub.topics import TopicPattern
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -28,6 +29,15 @@ log = logging.getLogger("taskhub.bridge")
 def build_bridge(settings: Settings) -> Bridge:
     """A bridge wired from settings; raises SystemExit with one line if the routes are wrong."""
     routes = checked_routes(settings)
+    topic = settings.bridge.deadletter_topic
+    if topic is not None:
+        for topic_filter, _ in routes.subscriptions(settings.mqtt.qos):
+            if TopicPattern(topic_filter).matches(topic):
+                raise SystemExit(
+                    f"taskhub: bad configuration: TASKHUB_BRIDGE__DEADLETTER_TOPIC={topic} lies "
+                    f"inside the bridge's subscription {topic_filter}: its letters would come back "
+                    "as dead letters; choose a topic outside every route"
+                )
     bridge_settings = settings.bridge
     ledger = LedgerKeys.for_prefix(settings.key_prefix)
     publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues, ledger)

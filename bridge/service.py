@@ -170,7 +170,11 @@ class Bridge:
         for item in batch:
             self.source.ack(item.received)
             self.pending.popleft()
-        dead = sum(1 for item in batch if item.outbound.kind is Kind.DEAD_LETTER)
+        letters = [item.outbound for item in batch if item.outbound.kind is Kind.DEAD_LETTER]
+        if letters and self.settings.deadletter_topic:
+            for letter in letters:  # a copy for MQTT consumers; the stream holds the letter
+                self.source.publish(self.settings.deadletter_topic, letter.body)
+        dead = len(letters)
         self.counters.dead_lettered += dead
         if outcomes[0] is Outcome.LANDED:
             self.counters.landed += len(batch) - dead

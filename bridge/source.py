@@ -128,6 +128,11 @@ class MqttSource:
         if received.qos > 0 and self.is_current(received):
             self.client.ack(received.mid, received.qos)
 
+    def publish(self, topic: str, payload: str) -> None:
+        """Publish at QoS 1 on the bridge's own connection; paho resends it until acked."""
+        if self.connected:
+            self.client.publish(topic, payload, qos=1)
+
     def close(self) -> None:
         """Send the acks already given, then disconnect; the broker keeps the session."""
         self.flush(timeout=5.0)

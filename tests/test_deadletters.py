@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,10 +28,18 @@ from taskhub.deadletters import (
     redact,
 )
 from taskhub.demo.feed import publish
+from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
 from tests.support.isolation import free_port
-from tests.support.processes import WORKER_READY, Process, celery, wait_for
+from tests.support.processes import (
+    BRIDGE_READY,
+    WORKER_READY,
+    Process,
+    celery,
+    python_module,
+    wait_for,
+)
 
 FIXED_ROUTES = "tests.support.fixed_routes:ROUTES"
 
@@ -290,3 +300,36 @@ def test_a_task_that_fails_for_good_is_dead_lettered_and_shows_as_failure(
         assert letter.task.retries == 1
         assert "fetch_venue" in letter.task.traceback
     wait_for(lambda: AsyncResult(result.id).state == "FAILURE", 10, "FAILURE in the backend")
+
+
+def test_dead_letters_are_also_published_to_the_configured_mqtt_topic(
+    broker_redis: redis.Redis, log_dir: Path, topic_prefix: str
+) -> None:
+    letters_topic = f"{topic_prefix}deadletters"
+    received: queue.Queue[bytes] = queue.Queue()
+    subscribed = threading.Event()
+    listener = new_client(get_settings().mqtt, f"letters-{os.getpid()}", persistent=False)
+    listener.on_message = lambda client, userdata, message: received.put(bytes(message.payload))
+    listener.on_subscribe = lambda *args: subscribed.set()
+    listener.on_connect = lambda client, *args: client.subscribe(letters_topic, qos=1)
+    listener.connect(**connect_arguments(get_settings().mqtt, persistent=False))
+    listener.loop_start()
+    env = {
+        "TASKHUB_BRIDGE__DEADLETTER_TOPIC": letters_topic,
+        "TASKHUB_MQTT__CLIENT_ID": f"letters-bridge-{os.getpid()}",
+    }
+    bridge = Process("letters-bridge", python_module("bridge"), log_dir, env).start()
+    try:
+        assert subscribed.wait(timeout=30)
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        bad = RawMessage(f"{topic_prefix}sensors/dev-9/reading", b"{not json", {})
+        publish(get_settings().mqtt, [bad], rate=0, total=1, show_progress=False)
+        fields = json.loads(received.get(timeout=30))
+    finally:
+        bridge.terminate()
+        listener.loop_stop()
+        listener.disconnect()
+    assert fields["reason"] == "invalid_json"
+    assert fields["topic"] == bad.topic
+    assert fields["payload"] == "{not json"
+    assert len(_store(broker_redis)) == 1  # the stream holds the letter as well

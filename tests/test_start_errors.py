@@ -60,6 +60,11 @@ def test_the_worker_and_the_cli_refuse_it_too(argv: list[str]) -> None:
         ("TASKHUB_TASKS__VISIBILITY_TIMEOUT", "60", "must exceed time_limit + retry_backoff_max"),
         ("TASKHUB_ROUTES", "no colon", "TASKHUB_ROUTES: String should match pattern"),
         ("TASKHUB_BRIDGE__DEADLETTER_TOPIC", "dead/#", "TASKHUB_BRIDGE__DEADLETTER_TOPIC"),
+        (
+            "TASKHUB_BRIDGE__DEADLETTER_TOPIC",
+            os.environ.get("TASKHUB_TOPIC_PREFIX", "") + "sensors/dead",
+            "lies inside the bridge's subscription",
+        ),
     ],
 )
 def test_an_impossible_setting_is_refused_in_one_line(
