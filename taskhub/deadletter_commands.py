@@ -128,16 +128,18 @@ def _list(
             print(json.dumps({"id": letter.id, **letter.to_fields()}))
         return 0
     table = Table(title=f"dead letters in {store.key} (newest first)")
-    for column in ("id", "received (UTC)", "reason", "route", "topic / task", "detail", "payload"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "received (UTC)", "reason"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("topic / task", overflow="fold", ratio=2)
+    table.add_column("detail", overflow="fold", ratio=3)
+    table.add_column("payload", overflow="fold", ratio=3)
     for letter in letters:
         table.add_row(
             letter.id,
-            letter.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            letter.received_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
             letter.reason.value,
-            letter.route or "",
             escape(letter.topic or (letter.task.name if letter.task else "")),
-            escape(letter.detail[:120]),
+            escape(letter.detail[:160]),
             escape(_preview(letter)),
         )
     console.print(table)
