@@ -40,7 +40,12 @@ def build_bridge(settings: Settings) -> Bridge:
                 )
     bridge_settings = settings.bridge
     ledger = LedgerKeys.for_prefix(settings.key_prefix)
-    publisher = RedisPublisher(settings.broker_url.get_secret_value(), routes.queues, ledger)
+    publisher = RedisPublisher(
+        settings.broker_url.get_secret_value(),
+        routes.queues,
+        ledger,
+        deadletter_maxlen=bridge_settings.deadletter_maxlen,
+    )
     sweeper = Sweeper(
         publisher.redis,
         ledger,

@@ -239,7 +239,7 @@ class DeadLetterStore:
 
     def add_to(self, pipe: Pipeline, letter: DeadLetter) -> None:
         """Queue the letter's XADD on `pipe`, so it lands with the rest of a transaction."""
-        add_fields(pipe, self.key, letter.to_fields(), self.maxlen)
+        pipe.xadd(self.key, letter.to_fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return int(self.redis.xlen(self.key))
@@ -273,17 +273,6 @@ class DeadLetterStore:
     def delete(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
         return int(self.redis.xdel(self.key, *ids)) if ids else 0
-
-    def counts(self) -> dict[str, int]:
-        """How many letters per reason."""
-        counted: dict[str, int] = {}
-        for letter in self.scan():
-            counted[letter.reason.value] = counted.get(letter.reason.value, 0) + 1
-        return counted
-
-
-def add_fields(pipe: Pipeline, key: str, fields: dict[str, str], maxlen: int) -> None:
-    pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
 
 def _text(value: bytes | str) -> str:
