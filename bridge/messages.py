@@ -8,6 +8,7 @@ messages with the ones `apply_async` writes, so the two cannot drift apart.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -15,11 +16,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from celery.utils.saferepr import saferepr
+from bridge.argsrepr import argsrepr
 
 ARGSREPR_MAX = 1024
 """Celery's default `argsrepr_maxsize`: how much of the arguments Flower gets to show."""
 TASK_ID_NAMESPACE = uuid.UUID("6f1c0f0e-3b0a-5d2c-9a57-7a736b687562")
+_NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +36,15 @@ class TaskCall:
 
 
 def deterministic_task_id(task: str, identity: str) -> str:
-    """The same message always yields the same task id, so redeliveries can be recognised."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{task}\x00{identity}"))
+    """The same message always yields the same task id, so redeliveries can be recognised.
+
+    It is `str(uuid.uuid5(TASK_ID_NAMESPACE, ...))`, computed without UUID objects.
+    """
+    name = _NAMESPACE_BYTES + f"{task}\x00{identity}".encode()
+    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest())  # as UUIDv5 defines
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return _formatted(bytes(digest[:16]))
 
 
 class MessageBuilder:
@@ -52,49 +61,47 @@ class MessageBuilder:
         self.origin = origin or f"bridge{os.getpid()}@{host}"
         # Celery puts the sending thread's oid here; only the RPC result backend reads it.
         self.reply_to = str(uuid.uuid3(uuid.NAMESPACE_OID, self.origin))
+        self._time_limits = json.dumps(self.time_limits)
+        self._origin = json.dumps(self.origin)
+        self._reply_to = json.dumps(self.reply_to)
 
     def build(self, call: TaskCall) -> str:
-        body = json.dumps(
-            [
-                list(call.args),
-                call.kwargs,
-                {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
-            ]
+        """The message as kombu's Redis transport stores it.
+
+        Written as text around the variable parts rather than through `json.dumps` of nested
+        dicts: this runs once per message on the bridge's hot path. tests/test_messages.py holds
+        it equal to what `apply_async` writes.
+        """
+        body = json.dumps([list(call.args), call.kwargs, _EMBED])
+        task_id = json.dumps(call.task_id)
+        return (
+            f'{{"body": "{base64.b64encode(body.encode()).decode("ascii")}", '
+            f'"content-encoding": "utf-8", "content-type": "application/json", '
+            f'"headers": {{"lang": "py", "task": {json.dumps(call.task)}, "id": {task_id}, '
+            f'"shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, '
+            f'"retries": 0, "timelimit": {self._time_limits}, "root_id": {task_id}, '
+            f'"parent_id": null, "argsrepr": {json.dumps(argsrepr(call.args, ARGSREPR_MAX))}, '
+            f'"kwargsrepr": {json.dumps(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
+            f'"origin": {self._origin}, "ignore_result": false, "replaced_task_nesting": 0, '
+            f'"stamped_headers": null, "stamps": {{}}}}, '
+            f'"properties": {{"correlation_id": {task_id}, "reply_to": {self._reply_to}, '
+            f'"delivery_mode": 2, "delivery_info": {{"exchange": "", '
+            f'"routing_key": {json.dumps(call.queue)}}}, "priority": 0, '
+            f'"body_encoding": "base64", "delivery_tag": "{random_uuid()}"}}}}'
         )
-        headers: dict[str, Any] = {
-            "lang": "py",
-            "task": call.task,
-            "id": call.task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": self.time_limits,
-            "root_id": call.task_id,
-            "parent_id": None,
-            "argsrepr": saferepr(call.args, ARGSREPR_MAX),
-            "kwargsrepr": saferepr(call.kwargs, ARGSREPR_MAX),
-            "origin": self.origin,
-            "ignore_result": False,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        envelope = {
-            "body": base64.b64encode(body.encode()).decode("ascii"),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": {
-                "correlation_id": call.task_id,
-                "reply_to": self.reply_to,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": call.queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-        return json.dumps(envelope)
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def _formatted(raw: bytes) -> str:
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:32]}"
+
+
+def random_uuid() -> str:
+    """`str(uuid.uuid4())`, without building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return _formatted(bytes(raw))

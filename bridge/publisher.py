@@ -5,6 +5,7 @@ nothing. The same transaction reports every route queue's depth, for backpressur
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -55,10 +56,13 @@ class RedisPublisher:
             (LedgerEntry(item.task_id, item.key, item.body) for item in tasks),
             time.time(),
         )
-        for item in items:
-            if item.kind is Kind.TASK:
-                pipe.lpush(item.key, item.body)
-            else:
+        for key, run in itertools.groupby(items, key=lambda item: (item.kind, item.key)):
+            kind, target = key
+            if kind is Kind.TASK:
+                # One LPUSH per run of a queue: LPUSH q a b c leaves them as LPUSH a, b, c would.
+                pipe.lpush(target, *(item.body for item in run))
+                continue
+            for item in run:
                 pipe.xadd(
                     item.key,
                     item.stream_fields(),  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ redelivers it there instead).
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import ssl
@@ -39,6 +40,7 @@ class Received:
 
 
 def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
+    """`message`'s MQTT 5 properties, read only when a dead letter needs them."""
     properties = getattr(message, "properties", None)
     if properties is None:
         return {}
@@ -213,5 +215,5 @@ class MqttSource:
             topic = message.topic
         except UnicodeDecodeError:
             topic = bytes(message._topic).decode("utf-8", "replace")
-        raw = RawMessage(topic, bytes(message.payload), _properties_of(message))
+        raw = RawMessage(topic, bytes(message.payload), functools.partial(_properties_of, message))
         self.received.append(Received(raw, message.mid, message.qos, self.connection))

@@ -56,3 +56,16 @@ def test_task_ids_are_deterministic_per_task_and_identity() -> None:
     assert first == deterministic_task_id("tasks.a.b", "1")
     assert first != deterministic_task_id("tasks.a.b", "2")
     assert first != deterministic_task_id("tasks.a.c", "1")
+
+
+def test_the_fast_uuids_are_the_standard_ones() -> None:
+    import uuid
+
+    from bridge.messages import TASK_ID_NAMESPACE, random_uuid
+
+    for identity in ("1", "é", "x" * 300, ""):
+        expected = str(uuid.uuid5(TASK_ID_NAMESPACE, f"tasks.a.b\x00{identity}"))
+        assert deterministic_task_id("tasks.a.b", identity) == expected
+    made = uuid.UUID(random_uuid())
+    assert (made.version, made.variant) == (4, uuid.RFC_4122)
+    assert random_uuid() != random_uuid()

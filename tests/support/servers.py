@@ -100,10 +100,13 @@ class MosquittoServer(_Server):
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path, listener_config: str = "") -> None:
-        """`listener_config` replaces `allow_anonymous true` (e.g. TLS and a password file)."""
+    def __init__(self, workdir: Path, listener_config: str = "", persistent: bool = True) -> None:
+        """`listener_config` replaces `allow_anonymous true` (e.g. TLS and a password file);
+        without `persistent`, nothing is written to disk (benchmarks queue 100,000s)."""
         super().__init__(workdir)
         config = REPO_MOSQUITTO_CONF.read_text()
+        if not persistent:
+            config = config.replace("persistence true", "persistence false")
         if listener_config:
             config = config.replace("allow_anonymous true", listener_config)
         config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")

@@ -1,0 +1,165 @@
+"""Whole-path drain speed: N QoS 1 check-ins pre-queued at the broker, drained until all N tasks
+are in Redis (by count), by a raw subscriber (the ceiling), a naive bridge, and taskhub's bridge.
+
+    python -m bench.bridge_throughput [--messages 200000] [--rounds 5] [--profile FILE]
+
+Each round publishes N messages once into three persistent sessions (one per contestant), then
+times each contestant in turn, rotating who goes first. Speed is N / (last landed - first landed).
+Prints a table of medians and, last, `bridge: taskhub=X/s naive=Y/s raw=Z/s vs_naive= vs_raw=`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.contestants import Subscriber, naive_handler, open_session, start_bridge
+from bench.harness import TOPIC_PREFIX, Stage, median, peak_rss_mb, stage, use_stage, wait_until
+
+CONTESTANTS = ("raw", "naive", "taskhub")
+QUEUE = "checkins"
+FILTERS = [(f"{TOPIC_PREFIX}checkins/#", 1), (f"{TOPIC_PREFIX}sensors/#", 1)]
+DRAIN_TIMEOUT = 900.0
+
+
+def client_id(name: str) -> str:
+    return f"bench-{os.getpid()}-{name}"
+
+
+def preload(found: Stage, count: int, seed: int) -> float:
+    """Publish `count` check-ins once; every contestant's session queues a copy. Returns seconds."""
+    from taskhub.demo.feed import checkin_tweets, publish
+    from taskhub.settings import MqttSettings
+
+    started = time.monotonic()
+    topic = TOPIC_PREFIX + "checkins/{city}/tweets"
+    messages = checkin_tweets(count, id_base=seed * 10_000_000, topic=topic, seed=seed)
+    settings = MqttSettings(port=found.mqtt_port, client_id="bench-publisher")
+    sent = publish(settings, messages, rate=0, total=count, qos=1, show_progress=False)
+    if sent != count:
+        raise RuntimeError(f"the broker acknowledged {sent} of {count} messages")
+    return time.monotonic() - started
+
+
+def drain_raw(found: Stage, count: int) -> float:
+    """Receive and ack only: how fast MQTT alone can go."""
+    times: list[float] = []
+
+    def handle(_: object) -> None:
+        times.append(time.monotonic())
+
+    subscriber = Subscriber(found, client_id("raw"), FILTERS).start(handle)
+    try:
+        wait_until(lambda: len(times) >= count, DRAIN_TIMEOUT, f"raw to receive {count}")
+    finally:
+        subscriber.stop()
+    return count / max(times[count - 1] - times[0], 1e-9)
+
+
+def _drain_into_redis(found: Stage, count: int, stop: Callable[[], None]) -> float:
+    client = found.redis()
+    first = wait_until(lambda: client.llen(QUEUE) > 0, 120, "the first task in Redis")
+    last = wait_until(lambda: client.llen(QUEUE) >= count, DRAIN_TIMEOUT, f"{count} tasks")
+    stop()
+    if client.llen(QUEUE) != count:
+        raise RuntimeError(f"{client.llen(QUEUE)} tasks in Redis, expected {count}")
+    return count / max(last - first, 1e-9)
+
+
+def drain_naive(found: Stage, count: int) -> float:
+    """paho's on_message calling Celery's send_task once per message, auto ack."""
+    from taskhub.celery import app
+
+    subscriber = Subscriber(found, client_id("naive"), FILTERS).start(naive_handler(app.send_task))
+    return _drain_into_redis(found, count, subscriber.stop)
+
+
+def drain_taskhub(found: Stage, count: int, profile: Path | None) -> tuple[float, float]:
+    """taskhub's bridge as an operator runs it; returns (speed, peak RSS MB)."""
+    bridge = start_bridge(found, client_id("taskhub"), found.workdir / "bridge.log", profile)
+    rss = 0.0
+
+    def stop() -> None:
+        nonlocal rss
+        rss = peak_rss_mb(bridge.pid)
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(timeout=60)
+
+    try:
+        speed = _drain_into_redis(found, count, stop)
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+    return speed, rss
+
+
+def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) -> int:
+    console = Console(stderr=True)
+    speeds: dict[str, list[float]] = {name: [] for name in CONTESTANTS}
+    rss: list[float] = []
+    with stage(redis_db) as found:
+        use_stage(found, client_id("naive"))
+        for name in CONTESTANTS:
+            open_session(found, client_id(name), FILTERS)
+        for round_number in range(rounds):
+            seconds = preload(found, messages, seed=round_number + 1)
+            order = CONTESTANTS[round_number % 3 :] + CONTESTANTS[: round_number % 3]
+            line = [f"round {round_number + 1}: preload {messages / seconds:,.0f}/s"]
+            for name in order:
+                found.redis().flushdb()
+                if name == "raw":
+                    speed = drain_raw(found, messages)
+                elif name == "naive":
+                    speed = drain_naive(found, messages)
+                else:
+                    last_round = round_number == rounds - 1
+                    speed, peak = drain_taskhub(found, messages, profile if last_round else None)
+                    rss.append(peak)
+                speeds[name].append(speed)
+                line.append(f"{name} {speed:,.0f}/s")
+            console.print(", ".join(line))
+    table = Table(title=f"drain {messages:,} QoS 1 messages, {rounds} rounds (messages/s)")
+    for column in ("contestant", "median", "min", "max"):
+        table.add_column(column, justify="right")
+    for name in CONTESTANTS:
+        found_speeds = speeds[name]
+        table.add_row(
+            name,
+            f"{median(found_speeds):,.0f}",
+            f"{min(found_speeds):,.0f}",
+            f"{max(found_speeds):,.0f}",
+        )
+    Console().print(table)
+    taskhub, naive, raw = (median(speeds[name]) for name in ("taskhub", "naive", "raw"))
+    print(f"bridge peak RSS: median {median(rss):.1f} MB, max {max(rss):.1f} MB")
+    if profile is not None:
+        print(f"profile of the last taskhub drain: {profile}")
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(12)
+    print(
+        f"bridge: taskhub={taskhub:,.0f}/s naive={naive:,.0f}/s raw={raw:,.0f}/s "
+        f"vs_naive={taskhub / naive:.2f} vs_raw={taskhub / raw:.2f}"
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", type=Path, help="cProfile the last taskhub drain into FILE")
+    parser.add_argument("--redis-db", type=int, help="use (and empty) this Redis database")
+    args = parser.parse_args()
+    return run(args.messages, args.rounds, args.profile, args.redis_db)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
