@@ -1,0 +1,23 @@
+"""The no-op task the latency benchmark routes to: it notes how long after publishing it started."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Task
+
+from taskhub.celery import app
+from tasks.ledger import settle_now
+from tasks.store import store_redis
+
+
+def latencies_key(source: str) -> str:
+    return f"bench:latency:{source}"
+
+
+@app.task(bind=True, name="bench.noop.ping")
+def ping(self: Task, document: dict[str, Any], source: str = "") -> None:
+    started = time.time()
+    store_redis().rpush(latencies_key(source), started - float(document["sent_at"]))
+    settle_now(str(self.request.id))

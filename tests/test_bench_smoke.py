@@ -1,0 +1,50 @@
+"""Each benchmark, run small, still works end to end and prints its summary line (the full runs
+are in bench/README.md; they take far too long for CI)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.support.processes import python_module
+
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+
+
+def _run(module: str, *args: str) -> str:
+    database = os.environ["TASKHUB_BROKER_URL"].rsplit("/", 1)[-1]
+    done = subprocess.run(
+        python_module(module, *args, "--redis-db", database),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.usefixtures("broker_redis")
+def test_the_throughput_benchmark_runs_and_reports() -> None:
+    last = _run("bench.bridge_throughput", "--messages", "2000", "--rounds", "1")
+    found = re.fullmatch(
+        rf"bridge: taskhub=({NUMBER})/s naive=({NUMBER})/s raw=({NUMBER})/s "
+        rf"vs_naive=({NUMBER}) vs_raw=({NUMBER})",
+        last,
+    )
+    assert found, last
+    assert all(float(value.replace(",", "")) > 0 for value in found.groups())
+
+
+@pytest.mark.usefixtures("broker_redis")
+def test_the_latency_benchmark_runs_and_reports() -> None:
+    last = _run("bench.latency", "--rate", "100", "--seconds", "3", "--rounds", "1")
+    found = re.fullmatch(
+        rf"latency: p50=({NUMBER})ms p95=({NUMBER})ms p99=({NUMBER})ms "
+        rf"naive_p50=({NUMBER})ms naive_p99=({NUMBER})ms",
+        last,
+    )
+    assert found, last
+    assert all(float(value) > 0 for value in found.groups())
