@@ -24,9 +24,8 @@ from rich.table import Table
 
 from bench.harness import TOPIC_PREFIX, Stage, percentile, stage, use_stage, wait_until
 from bench.naive_bridge import READY as NAIVE_READY
-from bench.noop import latencies_key
-from bench.noop_route import QUEUE, ROUTES_SPEC
-from tests.support.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+from bench.noop_route import QUEUE, ROUTES_SPEC, latencies_key
+from tests.support.processes import BRIDGE_READY, Process, celery, python_module
 
 CONTESTANTS = ("taskhub", "naive")
 WARMUP_SECONDS = 1.0
@@ -59,6 +58,16 @@ def _bridge(found: Stage, name: str, run: str, log_dir: Path) -> Process:
     return process
 
 
+def _await_worker(found: Stage) -> None:
+    """The worker logs nothing at WARNING: send it a ping and wait for it to run."""
+    from taskhub.celery import app
+
+    app.send_task("bench.noop.ping", args=({"seq": 0, "sent_at": time.time()},),
+                  kwargs={"source": "probe"})  # fmt: skip
+    client = found.redis()
+    wait_until(lambda: client.llen(latencies_key("probe")) > 0, 60, "the worker to run a ping")
+
+
 def stretch(
     found: Stage, name: str, run: str, rate: float, seconds: float, log_dir: Path
 ) -> list[float]:
@@ -87,16 +96,17 @@ def run(rate: float, seconds: float, rounds: int, redis_db: int | None) -> int:
     results: dict[str, list[float]] = {name: [] for name in CONTESTANTS}
     with stage(redis_db) as found:
         use_stage(found, f"bench-latency-{os.getpid()}")
+        os.environ["TASKHUB_ROUTES"] = ROUTES_SPEC
         log_dir = found.workdir
-        worker = Process(
-            "worker",
-            celery("worker", "-P", "threads", "-c", "8", "--prefetch-multiplier", "4",
-                   "--without-mingle", "--without-gossip", "--loglevel=INFO", "-Q", QUEUE),
-            log_dir,
-            _env(found, "unused"),
-        )  # fmt: skip
-        worker.start().wait_output(WORKER_READY, timeout=60)
+        # A lean worker: no per-task log lines or events, two processes, a deep prefetch, so
+        # that it keeps up with the rate and the latency measured is the bridges'.
+        argv = celery("worker", "-P", "solo", "--prefetch-multiplier", "64",
+                      "--without-mingle", "--without-gossip", "--loglevel=WARNING", "-Q", QUEUE,
+                      "--", "worker_send_task_events=False")  # fmt: skip
+        worker = Process("worker", argv, log_dir, _env(found, "unused"))
         try:
+            worker.start()
+            _await_worker(found)
             for round_number in range(rounds):
                 order = CONTESTANTS if round_number % 2 == 0 else CONTESTANTS[::-1]
                 for name in order:

@@ -10,7 +10,6 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from taskhub.celery import app
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import get_settings
 
@@ -18,6 +17,8 @@ READY = "naive bridge subscribed"
 
 
 def main() -> int:
+    from taskhub.celery import app  # after the module loads: importing it reads the settings
+
     topic_filter, task = sys.argv[1], sys.argv[2]
     settings = get_settings().mqtt
     client = new_client(settings, settings.client_id, persistent=False)

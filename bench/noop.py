@@ -7,13 +7,10 @@ from typing import Any
 
 from celery import Task
 
+from bench.noop_route import latencies_key
 from taskhub.celery import app
 from tasks.ledger import settle_now
 from tasks.store import store_redis
-
-
-def latencies_key(source: str) -> str:
-    return f"bench:latency:{source}"
 
 
 # No result and no STARTED state: the worker should cost as little as it can, so that the

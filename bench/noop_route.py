@@ -18,6 +18,11 @@ ROUTES_SPEC = "bench.noop_route:ROUTES"
 QUEUE = "latency"
 
 
+def latencies_key(source: str) -> str:
+    """Where the no-op task notes each ping's latency, per bridge and round."""
+    return f"bench:latency:{source}"
+
+
 class Ping(Payload):
     seq: Annotated[int, Field(ge=0)]
     sent_at: float
