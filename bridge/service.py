@@ -167,8 +167,8 @@ class Bridge:
             self._hold_batch()
             return
         self._hold.succeeded()
-        for item in batch:
-            self.source.ack(item.received)
+        self.source.ack([item.received for item in batch])
+        for _ in batch:
             self.pending.popleft()
         letters = [item.outbound for item in batch if item.outbound.kind is Kind.DEAD_LETTER]
         if letters and self.settings.deadletter_topic:

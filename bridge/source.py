@@ -22,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
+from bridge.bulk_client import BulkClient, decode_properties
 from bridge.intake import RawMessage
 from taskhub.mqtt import connect_arguments, new_client, reason_text
 from taskhub.routes import RouteTable
@@ -29,6 +30,9 @@ from taskhub.settings import MqttProtocol, MqttSettings
 from taskhub.topics import SHARE_PREFIX
 
 log = logging.getLogger("taskhub.bridge.mqtt")
+
+CLOSE_TIMEOUT_SECONDS = 5.0
+"""At shutdown, how long to wait for the acks to be written and read by the broker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,13 @@ class MqttSource:
 
     def __init__(self, settings: MqttSettings, routes: RouteTable) -> None:
         self.settings = settings
-        self.client = new_client(settings, settings.client_id, persistent=True, manual_ack=True)
+        self.client: BulkClient = new_client(  # type: ignore[assignment]
+            settings,
+            settings.client_id,
+            persistent=True,
+            manual_ack=True,
+            client_class=functools.partial(BulkClient, sink=self._on_publish),
+        )
         self.subscriptions = [
             (self._filter_for(topic_filter), qos)
             for topic_filter, qos in routes.subscriptions(settings.qos)
@@ -82,8 +92,11 @@ class MqttSource:
             return
         readable = [sock] if read and room > 0 else []
         writable = [sock] if self.client.want_write() else []
+        buffered = bool(readable) and self.client.buffered_packet()
         pending_tls = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-        if not pending_tls and (readable or writable or timeout > 0):
+        if buffered:
+            readable = [sock]
+        elif not pending_tls and (readable or writable or timeout > 0):
             try:
                 readable, writable, _ = select.select(readable, writable, [], timeout)
             except (OSError, ValueError):
@@ -98,17 +111,19 @@ class MqttSource:
         """Read packets while they keep coming and there is room for the messages they carry."""
         while room > 0:
             before = len(self.received)
-            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                return
-            if len(self.received) == before and not self.more_waiting():
+            if self.client.read_packets(room) != mqtt.MQTT_ERR_SUCCESS:
                 return
             room -= len(self.received) - before
+            if not self.more_waiting():
+                return
 
     def more_waiting(self) -> bool:
         """Whether the socket has more to read right now."""
         sock = self.client.socket()
         if sock is None:
             return False
+        if self.client.buffered_packet():
+            return True
         if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
             return True
         try:
@@ -125,10 +140,13 @@ class MqttSource:
     def is_current(self, received: Received) -> bool:
         return self.connected and received.connection == self.connection
 
-    def ack(self, received: Received) -> None:
-        """Ack one message, unless its connection is gone (the broker will redeliver it)."""
-        if received.qos > 0 and self.is_current(received):
-            self.client.ack(received.mid, received.qos)
+    def ack(self, batch: list[Received]) -> None:
+        """Ack a batch in its order, in one write, except messages whose connection is gone (the
+        broker will redeliver those)."""
+        for received in batch:
+            if received.qos > 0 and self.is_current(received):
+                self.client.ack(received.mid, received.qos)
+        self.client.send_acks()
 
     def publish(self, topic: str, payload: str) -> None:
         """Publish at QoS 1 on the bridge's own connection; paho resends it until acked."""
@@ -136,11 +154,17 @@ class MqttSource:
             self.client.publish(topic, payload, qos=1)
 
     def close(self) -> None:
-        """Send the acks already given, then disconnect; the broker keeps the session."""
-        self.flush(timeout=5.0)
+        """Send the acks already given, wait until the broker has read them, then disconnect;
+        the broker keeps the session."""
+        self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
+        if self.connected:
+            self.client.ping()
+            deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
+            while not self.client.ping_answered() and time.monotonic() < deadline:
+                self.pump(read=True, room=1, timeout=0.05)
         if self.client.socket() is not None:
             self.client.disconnect()
-            self.flush(timeout=5.0)
+            self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
 
     def _maybe_reconnect(self, timeout: float) -> None:
         if not self._reconnect.ready():
@@ -179,6 +203,7 @@ class MqttSource:
             return
         self._last_failure = None
         self._reconnect.succeeded()
+        self.client.set_no_delay()
         self.connection += 1
         self.connected = True
         log.info("mqtt connected (session present: %s)", flags.session_present)
@@ -209,7 +234,15 @@ class MqttSource:
             else:
                 log.info("mqtt subscribed to %s (QoS %d)", topic_filter, granted.value)
 
+    def _on_publish(
+        self, topic: str, payload: bytes, mid: int, qos: int, properties: bytes
+    ) -> None:
+        """A QoS 0/1 message from the bulk receive path."""
+        lazy = functools.partial(decode_properties, properties) if properties else dict
+        self.received.append(Received(RawMessage(topic, payload, lazy), mid, qos, self.connection))
+
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """A QoS 2 message, after paho's PUBREC/PUBREL exchange."""
         # MQTT requires UTF-8 topic names; a broker that lets a bad one through must not stop us.
         try:
             topic = message.topic

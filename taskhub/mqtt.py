@@ -6,6 +6,7 @@ Shared by the bridge and the demo feed so both connect the same way.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,14 +18,20 @@ from taskhub.settings import MqttProtocol, MqttSettings
 
 
 def new_client(
-    settings: MqttSettings, client_id: str, *, persistent: bool, manual_ack: bool = False
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    persistent: bool,
+    manual_ack: bool = False,
+    client_class: Callable[..., mqtt.Client] = mqtt.Client,
 ) -> mqtt.Client:
     """A client with callback API v2, credentials and TLS applied; not yet connected.
 
     `persistent` keeps the broker-side session (and its queued messages) across disconnects.
+    `client_class` builds the client from paho's constructor arguments (the bridge's subclass).
     """
     v5 = settings.protocol is MqttProtocol.V5
-    client = mqtt.Client(
+    client = client_class(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
