@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
-import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.contestants import Subscriber, naive_handler, open_session, start_bridge
+from bench.contestants import open_session, raw_seconds, start_bridge, start_naive, start_raw
 from bench.harness import TOPIC_PREFIX, Stage, median, peak_rss_mb, stage, use_stage, wait_until
+from tests.support.processes import Process
 
 CONTESTANTS = ("raw", "naive", "taskhub")
 QUEUE = "checkins"
@@ -52,55 +51,37 @@ def preload(found: Stage, count: int, seed: int) -> float:
 
 def drain_raw(found: Stage, count: int) -> float:
     """Receive and ack only: how fast MQTT alone can go."""
-    times: list[float] = []
-
-    def handle(_: object) -> None:
-        times.append(time.monotonic())
-
-    subscriber = Subscriber(found, client_id("raw"), FILTERS).start(handle)
+    raw = start_raw(found, client_id("raw"), count)
     try:
-        wait_until(lambda: len(times) >= count, DRAIN_TIMEOUT, f"raw to receive {count}")
+        return count / max(raw_seconds(raw, DRAIN_TIMEOUT), 1e-9)
     finally:
-        subscriber.stop()
-    return count / max(times[count - 1] - times[0], 1e-9)
+        raw.kill()
 
 
-def _drain_into_redis(found: Stage, count: int, stop: Callable[[], None]) -> float:
+def _drain_into_redis(found: Stage, count: int, contestant: Process) -> tuple[float, float]:
+    """Speed from the first task in Redis to the `count`th, and the contestant's peak RSS."""
     client = found.redis()
-    first = wait_until(lambda: client.llen(QUEUE) > 0, 120, "the first task in Redis")
-    last = wait_until(lambda: client.llen(QUEUE) >= count, DRAIN_TIMEOUT, f"{count} tasks")
-    stop()
+    try:
+        first = wait_until(lambda: client.llen(QUEUE) > 0, 120, "the first task in Redis")
+        last = wait_until(lambda: client.llen(QUEUE) >= count, DRAIN_TIMEOUT, f"{count} tasks")
+        rss = peak_rss_mb(contestant.pid)
+        contestant.terminate(timeout=60)
+    finally:
+        contestant.kill()
     extra = client.llen(QUEUE) - count  # at-least-once: a redelivered message may land twice
     if extra:
         print(f"  ({extra} more tasks than messages: MQTT redeliveries)", file=sys.stderr)
-    return count / max(last - first, 1e-9)
+    return count / max(last - first, 1e-9), rss
 
 
 def drain_naive(found: Stage, count: int) -> float:
     """paho's on_message calling Celery's send_task once per message, auto ack."""
-    from taskhub.celery import app
-
-    subscriber = Subscriber(found, client_id("naive"), FILTERS).start(naive_handler(app.send_task))
-    return _drain_into_redis(found, count, subscriber.stop)
+    return _drain_into_redis(found, count, start_naive(found, client_id("naive")))[0]
 
 
 def drain_taskhub(found: Stage, count: int, profile: Path | None) -> tuple[float, float]:
     """taskhub's bridge as an operator runs it; returns (speed, peak RSS MB)."""
-    bridge = start_bridge(found, client_id("taskhub"), found.workdir / "bridge.log", profile)
-    rss = 0.0
-
-    def stop() -> None:
-        nonlocal rss
-        rss = peak_rss_mb(bridge.pid)
-        bridge.send_signal(signal.SIGTERM)
-        bridge.wait(timeout=60)
-
-    try:
-        speed = _drain_into_redis(found, count, stop)
-    finally:
-        if bridge.poll() is None:
-            bridge.kill()
-    return speed, rss
+    return _drain_into_redis(found, count, start_bridge(found, client_id("taskhub"), profile))
 
 
 def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) -> int:

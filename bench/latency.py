@@ -52,7 +52,9 @@ def _bridge(found: Stage, name: str, run: str, log_dir: Path) -> Process:
         process = Process(name, python_module("bridge"), log_dir, _env(found, client_id))
         process.start().wait_output(BRIDGE_READY, timeout=60, count=3)
     else:
-        argv = python_module("bench.naive_bridge", f"{TOPIC_PREFIX}latency/+", "bench.noop.ping")
+        argv = python_module(
+            "bench.naive_bridge", f"{TOPIC_PREFIX}latency/+", "bench.noop.ping", "source", "-1"
+        )
         process = Process(name, argv, log_dir, _env(found, client_id))
         process.start().wait_output(NAIVE_READY, timeout=60)
     return process
