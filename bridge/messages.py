@@ -14,12 +14,16 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from bridge.argsrepr import argsrepr
 
 ARGSREPR_MAX = 1024
 """Celery's default `argsrepr_maxsize`: how much of the arguments Flower gets to show."""
+RANDOM_POOL_BYTES = 16 * 256
+"""`os.urandom` is a system call; one call serves 256 delivery tags."""
 TASK_ID_NAMESPACE = uuid.UUID("6f1c0f0e-3b0a-5d2c-9a57-7a736b687562")
 _NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes
 
@@ -73,20 +77,20 @@ class MessageBuilder:
         it equal to what `apply_async` writes.
         """
         body = json.dumps([list(call.args), call.kwargs, _EMBED])
-        task_id = json.dumps(call.task_id)
+        task_id = _json_string(call.task_id)
         return (
             f'{{"body": "{base64.b64encode(body.encode()).decode("ascii")}", '
             f'"content-encoding": "utf-8", "content-type": "application/json", '
-            f'"headers": {{"lang": "py", "task": {json.dumps(call.task)}, "id": {task_id}, '
+            f'"headers": {{"lang": "py", "task": {_quoted(call.task)}, "id": {task_id}, '
             f'"shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, '
             f'"retries": 0, "timelimit": {self._time_limits}, "root_id": {task_id}, '
-            f'"parent_id": null, "argsrepr": {json.dumps(argsrepr(call.args, ARGSREPR_MAX))}, '
-            f'"kwargsrepr": {json.dumps(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
+            f'"parent_id": null, "argsrepr": {_json_string(argsrepr(call.args, ARGSREPR_MAX))}, '
+            f'"kwargsrepr": {_json_string(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
             f'"origin": {self._origin}, "ignore_result": false, "replaced_task_nesting": 0, '
             f'"stamped_headers": null, "stamps": {{}}}}, '
             f'"properties": {{"correlation_id": {task_id}, "reply_to": {self._reply_to}, '
             f'"delivery_mode": 2, "delivery_info": {{"exchange": "", '
-            f'"routing_key": {json.dumps(call.queue)}}}, "priority": 0, '
+            f'"routing_key": {_quoted(call.queue)}}}, "priority": 0, '
             f'"body_encoding": "base64", "delivery_tag": "{random_uuid()}"}}}}'
         )
 
@@ -99,9 +103,42 @@ def _formatted(raw: bytes) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:32]}"
 
 
+_json_string = encode_basestring_ascii
+"""`json.dumps` of a str, without the encoder object around it."""
+
+
+@lru_cache(maxsize=1024)
+def _quoted(name: str) -> str:
+    """A task or queue name as a JSON string: there are few, so each is encoded once."""
+    return str(_json_string(name))
+
+
+class _RandomPool:
+    """Random bytes for uuid4s, fetched from the OS in bulk; emptied in a forked child so that
+    parent and child never hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._used = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._bytes, self._used = b"", 0
+
+    def take16(self) -> bytearray:
+        if self._used + 16 > len(self._bytes):
+            self._bytes, self._used = os.urandom(RANDOM_POOL_BYTES), 0
+        start = self._used
+        self._used = start + 16
+        return bytearray(self._bytes[start : start + 16])
+
+
+_random = _RandomPool()
+
+
 def random_uuid() -> str:
     """`str(uuid.uuid4())`, without building a UUID object."""
-    raw = bytearray(os.urandom(16))
+    raw = _random.take16()
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return _formatted(bytes(raw))
