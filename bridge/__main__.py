@@ -17,7 +17,7 @@ from bridge.service import Bridge
 from bridge.source import MqttSource
 from bridge.spool import Spool
 from bridge.sweeper import Sweeper
-from taskhub.celery import checked_routes
+from taskhub.celery import app, checked_routes
 from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import Settings, redact_url, settings_or_exit
@@ -63,7 +63,7 @@ def build_bridge(settings: Settings) -> Bridge:
     return Bridge(
         MqttSource(settings.mqtt, routes),
         Intake(routes, bridge_settings.max_payload_bytes),
-        MessageBuilder(time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)),
+        MessageBuilder.for_tasks(app, routes.task_queues),
         delivery,
         sweeper,
         bridge_settings,

@@ -13,10 +13,13 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii
 from typing import Any
+
+from celery import Celery
 
 from bridge.argsrepr import argsrepr
 
@@ -51,6 +54,24 @@ def deterministic_task_id(task: str, identity: str) -> str:
     return _formatted(bytes(digest[:16]))
 
 
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """What `apply_async` stamps on a task's messages from the task's own settings (which
+    Celery fills from the config where the decorator left them unset)."""
+
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+
+    @classmethod
+    def of(cls, task: Any) -> TaskOptions:
+        return cls(task.time_limit, task.soft_time_limit, bool(task.ignore_result))
+
+    def rendered(self) -> tuple[str, str]:
+        """The `timelimit` and `ignore_result` header values as JSON."""
+        return json.dumps([self.time_limit, self.soft_time_limit]), json.dumps(self.ignore_result)
+
+
 class MessageBuilder:
     """Turns TaskCalls into the JSON strings a stock Celery worker consumes from a Redis list."""
 
@@ -58,16 +79,37 @@ class MessageBuilder:
         self,
         time_limits: tuple[float | None, float | None] = (None, None),
         origin: str | None = None,
+        *,
+        ignore_result: bool = False,
+        tasks: Mapping[str, TaskOptions] | None = None,
     ) -> None:
-        """`time_limits` is (hard, soft) as Celery's config sets them, stamped on each message."""
-        self.time_limits = list(time_limits)
+        """`tasks` holds each task's own options; other tasks get `time_limits` (hard, soft) and
+        `ignore_result`, as Celery's config sets them."""
+        self.default = TaskOptions(*time_limits, ignore_result)
+        self.tasks = dict(tasks or {})
         host = socket.gethostname()
         self.origin = origin or f"bridge{os.getpid()}@{host}"
         # Celery puts the sending thread's oid here; only the RPC result backend reads it.
         self.reply_to = str(uuid.uuid3(uuid.NAMESPACE_OID, self.origin))
-        self._time_limits = json.dumps(self.time_limits)
         self._origin = json.dumps(self.origin)
         self._reply_to = json.dumps(self.reply_to)
+        self._rendered: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def for_tasks(cls, celery_app: Celery, names: Iterable[str]) -> MessageBuilder:
+        """A builder stamping what `apply_async` would for each of these registered tasks."""
+        conf = celery_app.conf
+        return cls(
+            (conf.task_time_limit, conf.task_soft_time_limit),
+            ignore_result=bool(conf.task_ignore_result),
+            tasks={name: TaskOptions.of(celery_app.tasks[name]) for name in names},
+        )
+
+    def _options_of(self, task: str) -> tuple[str, str]:
+        rendered = self._rendered.get(task)
+        if rendered is None:
+            rendered = self._rendered[task] = self.tasks.get(task, self.default).rendered()
+        return rendered
 
     def build(self, call: TaskCall) -> str:
         """The message as kombu's Redis transport stores it.
@@ -78,15 +120,17 @@ class MessageBuilder:
         """
         body = json.dumps([list(call.args), call.kwargs, _EMBED])
         task_id = _json_string(call.task_id)
+        time_limits, ignore_result = self._options_of(call.task)
         return (
             f'{{"body": "{base64.b64encode(body.encode()).decode("ascii")}", '
             f'"content-encoding": "utf-8", "content-type": "application/json", '
             f'"headers": {{"lang": "py", "task": {_quoted(call.task)}, "id": {task_id}, '
             f'"shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, '
-            f'"retries": 0, "timelimit": {self._time_limits}, "root_id": {task_id}, '
+            f'"retries": 0, "timelimit": {time_limits}, "root_id": {task_id}, '
             f'"parent_id": null, "argsrepr": {_json_string(argsrepr(call.args, ARGSREPR_MAX))}, '
             f'"kwargsrepr": {_json_string(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
-            f'"origin": {self._origin}, "ignore_result": false, "replaced_task_nesting": 0, '
+            f'"origin": {self._origin}, "ignore_result": {ignore_result}, '
+            f'"replaced_task_nesting": 0, '
             f'"stamped_headers": null, "stamps": {{}}}}, '
             f'"properties": {{"correlation_id": {task_id}, "reply_to": {self._reply_to}, '
             f'"delivery_mode": 2, "delivery_info": {{"exchange": "", '

@@ -212,13 +212,14 @@ def _replay(
 ) -> int:
     from bridge.messages import MessageBuilder
     from bridge.replay import Replayer
-    from taskhub.celery import checked_routes
+    from taskhub.celery import app, checked_routes
     from taskhub.ledger import LedgerKeys
 
+    routes = checked_routes(settings)
     replayer = Replayer(
         store,
-        checked_routes(settings),
-        MessageBuilder(time_limits=(settings.tasks.time_limit, settings.tasks.soft_time_limit)),
+        routes,
+        MessageBuilder.for_tasks(app, routes.task_queues),
         LedgerKeys.for_prefix(settings.key_prefix),
         settings.bridge.max_payload_bytes,
     )

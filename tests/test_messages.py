@@ -6,9 +6,11 @@ import base64
 import json
 from typing import Any
 
+import pytest
 import redis
 
 from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+from taskhub.celery import app
 
 # Differ by sender or by delivery, not by meaning.
 PER_SENDER = {"origin"}
@@ -25,8 +27,14 @@ def _decoded(raw: bytes | str) -> dict[str, Any]:
     return dict(envelope)
 
 
-def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis) -> None:
-    from tasks.checkins import resolve_checkin
+@app.task(name="tests.messages.quiet", ignore_result=True, time_limit=7, soft_time_limit=5)
+def quiet(document: dict[str, Any], city: str = "") -> None:
+    """A task whose own options differ from the config's: its messages must carry them."""
+
+
+@pytest.mark.parametrize("task", ["tasks.checkins.resolve_checkin", "tests.messages.quiet"])
+def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis, task: str) -> None:
+    import tasks.checkins  # noqa: F401  (registers resolve_checkin)
 
     tweet = {
         "id": "42",
@@ -34,21 +42,27 @@ def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis) ->
         "user": {"screen_name": "a"},
     }
     call = TaskCall(
-        task="tasks.checkins.resolve_checkin",
-        task_id=deterministic_task_id("tasks.checkins.resolve_checkin", "42"),
+        task=task,
+        task_id=deterministic_task_id(task, "42"),
         queue="checkins",
         args=(tweet,),
         kwargs={"city": "nyc"},
     )
-    resolve_checkin.apply_async(args=(tweet,), kwargs={"city": "nyc"}, task_id=call.task_id)
-    from taskhub.settings import get_settings
-
-    limits = get_settings().tasks
-    builder = MessageBuilder(time_limits=(limits.time_limit, limits.soft_time_limit))
+    app.tasks[task].apply_async(
+        args=(tweet,), kwargs={"city": "nyc"}, task_id=call.task_id, queue="checkins"
+    )
+    builder = MessageBuilder.for_tasks(app, [task])
     broker_redis.lpush("checkins", builder.build(call))
 
     bridge_built, celery_built = broker_redis.lrange("checkins", 0, -1)
     assert _decoded(bridge_built) == _decoded(celery_built)
+
+
+def test_tasks_the_builder_was_not_given_get_the_config_options() -> None:
+    builder = MessageBuilder.for_tasks(app, [])
+    headers = json.loads(builder.build(TaskCall("tasks.other", "id-1", "q", ({},), {})))["headers"]
+    assert headers["timelimit"] == [app.conf.task_time_limit, app.conf.task_soft_time_limit]
+    assert headers["ignore_result"] is bool(app.conf.task_ignore_result)
 
 
 def test_task_ids_are_deterministic_per_task_and_identity() -> None:
