@@ -17,7 +17,7 @@ from bridge.service import Bridge
 from bridge.source import MqttSource
 from bridge.spool import Spool
 from bridge.sweeper import Sweeper
-from taskhub.celery import app, checked_routes
+from taskhub.celery import app, checked_routes, freeze_startup_objects
 from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import Settings, redact_url, settings_or_exit
@@ -79,6 +79,7 @@ def main() -> int:
     )
     settings = settings_or_exit()
     bridge = build_bridge(settings)
+    freeze_startup_objects()  # full collections would walk Celery's heap and stall the loop
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: finishing the messages in hand, then stopping", signal.Signals(signum).name)

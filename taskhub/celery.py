@@ -5,12 +5,13 @@ Its configuration lives in the top-level `celeryconfig` module, derived from tas
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 
 import billiard.common
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from taskhub.routes import RouteError, RouteTable, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
@@ -34,6 +35,19 @@ def _warn_unless_sigterm_requeues(**_: object) -> None:
             "requeueing them after TASKHUB_TASKS__SOFT_SHUTDOWN_TIMEOUT; start the worker with "
             "REMAP_SIGTERM=SIGQUIT (the Procfile and docker-compose.yml do)"
         )
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def freeze_startup_objects(**_: object) -> None:
+    """Put everything loaded at start (Celery, kombu, the tasks) beyond the collector's reach.
+
+    A worker's full collections walk that whole heap: in the latency benchmark each paused a
+    worker for 30-90 ms while tasks queued behind it. Runs in the main process and in each pool
+    child (`gc.freeze` is per process).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def check_routes(celery_app: Celery, routes: RouteTable) -> None:
