@@ -9,7 +9,8 @@ from celery import Task
 
 from bench.noop_route import latencies_key
 from taskhub.celery import app
-from tasks.ledger import settle_now
+from taskhub.ledger import settle
+from tasks.ledger import ledger_keys
 from tasks.store import store_redis
 
 
@@ -18,5 +19,7 @@ from tasks.store import store_redis
 @app.task(bind=True, name="bench.noop.ping", ignore_result=True, track_started=False)
 def ping(self: Task, document: dict[str, Any], source: str = "") -> None:
     started = time.time()
-    store_redis().rpush(latencies_key(source), started - float(document["sent_at"]))
-    settle_now(str(self.request.id))
+    with store_redis().pipeline(transaction=False) as pipe:  # one round trip for both
+        pipe.rpush(latencies_key(source), started - float(document["sent_at"]))
+        settle(pipe, ledger_keys(), str(self.request.id))
+        pipe.execute()
