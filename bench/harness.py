@@ -37,6 +37,12 @@ class Stage:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
+    def keepalive_drops(self, client_id: str) -> int:
+        """How often the broker has dropped `client_id` for a missed keepalive, from its log."""
+        log = self.workdir / "mosquitto" / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return text.count(f"Client {client_id} has exceeded timeout")
+
     def env(self, client_id: str) -> dict[str, str]:
         """TASKHUB_ variables that put a taskhub process (or this one) on this stage."""
         return {
