@@ -26,8 +26,9 @@ from paho.mqtt.properties import Properties
 
 READ_CHUNK_BYTES = 256 * 1024
 """How much one `recv` may bring in: hundreds of small PUBLISH packets at once."""
-MAX_REMAINING_LENGTH_BYTES = 4
-"""MQTT's Remaining Length is at most four bytes long; more is a broken or hostile peer."""
+MAX_VARIABLE_BYTE_INTEGER_BYTES = 4
+"""MQTT's Variable Byte Integers (Remaining Length, Property Length) are at most four bytes long;
+more is a broken or hostile peer."""
 
 _PUBLISH = 0x30
 _PUBACK = 0x40
@@ -35,6 +36,25 @@ _PUBACK_HEADER = struct.Struct("!BBH")
 
 PublishSink = Callable[[str, bytes, int, int, bytes], None]
 """Receives (topic, payload, packet id, qos, raw MQTT 5 properties) for each QoS 0/1 PUBLISH."""
+
+
+class _Malformed(Exception):
+    """A Variable Byte Integer longer than MQTT allows."""
+
+
+def _variable_byte_integer(buffer: bytearray, index: int, end: int) -> tuple[int, int] | None:
+    """The Variable Byte Integer at `buffer[index]`: (value, index after it), or None when it
+    runs into `end` first; raises _Malformed when it is longer than MQTT allows."""
+    value = 0
+    for shift in range(0, 7 * MAX_VARIABLE_BYTE_INTEGER_BYTES, 7):
+        if index >= end:
+            return None
+        byte = buffer[index]
+        index += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index
+    raise _Malformed
 
 
 def decode_properties(raw: bytes) -> dict[str, Any]:
@@ -102,24 +122,16 @@ class BulkClient(mqtt.Client):
     def _next_packet_bounds(self) -> tuple[int, int] | None:
         """(body start, end) of the buffered packet at the read position, None when it is not
         all here yet, or (-1, -1) when its Remaining Length is malformed."""
-        rx, pos = self._rx, self._rx_pos
-        available = len(rx)
-        length = 0
-        shift = 0
-        index = pos + 1
-        while True:
-            if index >= available:
-                return None
-            byte = rx[index]
-            length |= (byte & 0x7F) << shift
-            index += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-            if index - pos - 1 >= MAX_REMAINING_LENGTH_BYTES:
-                return (-1, -1)
-        end = index + length
-        return (index, end) if end <= available else None
+        available = len(self._rx)
+        try:
+            found = _variable_byte_integer(self._rx, self._rx_pos + 1, available)
+        except _Malformed:
+            return (-1, -1)
+        if found is None:
+            return None
+        length, body_start = found
+        end = body_start + length
+        return (body_start, end) if end <= available else None
 
     def _fill(self) -> MQTTErrorCode:
         """One `recv` into the buffer, after dropping what has been handled."""
@@ -161,21 +173,16 @@ class BulkClient(mqtt.Client):
             cursor += 2
         properties = b""
         if self._v5:
-            properties_start = cursor
-            length = 0
-            shift = 0
-            while True:
-                if cursor >= end or shift > 21:
-                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
-                byte = rx[cursor]
-                cursor += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-            cursor += length
+            try:
+                found = _variable_byte_integer(rx, cursor, end)
+            except _Malformed:
+                found = None
+            if found is None:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            length, after = found
             if length:
-                properties = bytes(rx[properties_start:cursor])
+                properties = bytes(rx[cursor : after + length])
+            cursor = after + length
         if cursor > end:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         try:
