@@ -40,7 +40,8 @@ that), so at 1,000/s a single one would queue, and the latency measured would be
 
 
 def _worker_argv(number: int) -> list[str]:
-    """A lean worker: no per-task log lines or events, and a deep prefetch."""
+    """A lean worker: no per-task log lines or events, and a shallow prefetch, so that a worker
+    that stalls holds few pings while the other one could run them."""
     return celery("worker", "-P", "solo", "-n", f"latency{number}@%h",
                   "--prefetch-multiplier", "4", "--without-mingle", "--without-gossip",
                   "--loglevel=WARNING", "-Q", QUEUE,
