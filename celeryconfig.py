@@ -18,6 +18,7 @@ _settings = settings_or_exit()
 _routes = routes_or_exit(_settings)
 
 broker_url = _settings.broker_url.get_secret_value()
+broker_transport = "taskhub.transport:Transport"  # kombu's Redis transport, one client a channel
 result_backend = _settings.result_backend.get_secret_value()
 broker_connection_retry_on_startup = True
 broker_transport_options = {
@@ -30,6 +31,10 @@ broker_transport_options = {
     "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# One result backend per process. Celery keeps one per thread otherwise, and in a gevent worker
+# every task is a new "thread": each built a backend and opened a Redis connection (py-spy: a
+# third of a gevent worker's time). redis-py's client is safe to share.
+result_backend_thread_safe = True
 
 # JSON only, on the wire and in results: a pickled message is never loaded.
 task_serializer = "json"
@@ -54,7 +59,9 @@ task_soft_time_limit = _settings.tasks.soft_time_limit
 task_time_limit = _settings.tasks.time_limit
 result_expires = _settings.tasks.result_expires
 task_track_started = True
-worker_send_task_events = True
+# Task events cost a worker an eighth of its time (py-spy), so they are off until someone watches:
+# Flower turns them on in every worker when it starts (and `celery control enable_events` does).
+worker_send_task_events = False
 
 # Every route's queue is declared, so workers consume it and Flower lists it; a task sent to an
 # undeclared queue is an error, not a silently created queue nobody reads.
@@ -63,6 +70,9 @@ task_default_queue = _routes.queues[0]
 task_create_missing_queues = False
 task_routes = {task: {"queue": queue} for task, queue in _routes.task_queues.items()}
 imports = (*_routes.task_modules, "tasks.failures")
+
+# Sizes the pool from the queues' backlog, prefetch equal to the pool (taskhub/autoscale.py).
+worker_autoscaler = "taskhub.autoscale:BacklogAutoscaler"
 
 # Messages Celery refuses (pickle, unknown task, malformed) are dead-lettered, not only logged.
 worker_consumer = "taskhub.refusals:RecordingConsumer"

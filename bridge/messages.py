@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from celery import Celery
 
 from bridge.argsrepr import argsrepr
+from taskhub.deferral import SENT_AT_HEADER
 
 ARGSREPR_MAX = 1024
 """Celery's default `argsrepr_maxsize`: how much of the arguments Flower gets to show."""
@@ -131,7 +133,7 @@ class MessageBuilder:
             f'"kwargsrepr": {_json_string(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
             f'"origin": {self._origin}, "ignore_result": {ignore_result}, '
             f'"replaced_task_nesting": 0, '
-            f'"stamped_headers": null, "stamps": {{}}}}, '
+            f'"stamped_headers": null, "stamps": {{}}, "{SENT_AT_HEADER}": {time.time()!r}}}, '
             f'"properties": {{"correlation_id": {task_id}, "reply_to": {self._reply_to}, '
             f'"delivery_mode": 2, "delivery_info": {{"exchange": "", '
             f'"routing_key": {_quoted(call.queue)}}}, "priority": 0, '

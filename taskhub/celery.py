@@ -8,17 +8,20 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+from typing import Any
 
 import billiard.common
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from taskhub.routes import RouteError, RouteTable, routes_or_exit
+import taskhub.deferral  # noqa: F401  (connects the publish stamp and the ETA cap)
+from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
+from taskhub.worker import pool_kind
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
-app = Celery("taskhub")
+app = Celery("taskhub", task_cls="taskhub.task:Task")
 app.config_from_object("celeryconfig")
 
 log = logging.getLogger("taskhub.worker")
@@ -90,6 +93,37 @@ def checked_routes(settings: Settings) -> RouteTable:
 
 
 @worker_init.connect
-def _refuse_a_wrong_route_table(**_: object) -> None:
+def _refuse_a_wrong_route_table(sender: Any = None, **_: object) -> None:
     """A worker whose routes name a missing task would fail every message it takes: stop now."""
-    checked_routes(settings_or_exit())
+    routes = checked_routes(settings_or_exit())
+    if sender is not None:
+        consume_queues_for_pool(sender, routes)
+
+
+def consume_queues_for_pool(worker: Any, routes: RouteTable) -> None:
+    """Keep a worker off the queues whose routes need the other kind of pool.
+
+    A gevent worker never takes a CPU-bound route's tasks: one long computation would stall
+    every task in the process. A prefork worker takes prefork queues, or every queue when the
+    table has none (it runs I/O-bound tasks correctly, one at a time).
+    """
+    kind = pool_kind(worker.pool_cls)
+    queues = worker.app.amqp.queues
+    consumed = set(queues.consume_from or queues)
+    other = {q for q in consumed if routes.queue_pools.get(q, kind) is not kind}
+    if kind is WorkerPool.PREFORK and other == consumed:
+        return
+    if other == consumed:
+        raise SystemExit(
+            f"taskhub: this {kind} worker would consume only {sorted(other)}, whose routes need "
+            "a prefork worker; start one with -P prefork -Q " + ",".join(sorted(other))
+        )
+    for name in sorted(other):
+        queues.deselect(name)
+        log.warning(
+            "not consuming queue %s: its routes need a %s worker (-P %s -Q %s)",
+            name,
+            routes.queue_pools[name],
+            routes.queue_pools[name],
+            name,
+        )

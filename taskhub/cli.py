@@ -46,29 +46,49 @@ def _config(settings: Settings) -> int:
 
 
 def _standin(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from taskhub.demo.standin import serve
+    from taskhub.settings import StandinSettings
 
     overrides = {
-        key: value
-        for key, value in (
-            ("port", args.port),
-            ("latency_ms", args.latency_ms),
-            ("error_rate", args.error_rate),
-        )
-        if value is not None
+        name: value
+        for name, value in vars(args).items()
+        if name in StandinSettings.model_fields and value is not None
     }
-    serve(settings.standin.model_copy(update=overrides))
+    try:
+        standin = StandinSettings.model_validate(settings.standin.model_dump() | overrides)
+    except ValidationError as error:
+        problems = [
+            "".join(f"--{str(part).replace('_', '-')}: " for part in item["loc"])
+            + str(item["msg"]).removeprefix("Value error, ")
+            for item in error.errors()
+        ]
+        raise SystemExit(f"taskhub standin: {'; '.join(problems)}") from None
+    try:
+        serve(standin)
+    except OSError as error:
+        raise SystemExit(f"taskhub standin: {error.strerror or error}") from None
     return 0
 
 
 def _feed(settings: Settings, args: argparse.Namespace) -> int:
-    from taskhub.demo.feed import DEFAULT_TOPIC, checkin_tweets, publish
+    from taskhub.demo.feed import DEFAULT_TOPIC, DEFAULT_ZIPF, checkin_tweets, publish
 
+    if args.venues < 0 or (args.zipf is not None and args.zipf < 0):
+        raise SystemExit("taskhub feed: --venues and --zipf must not be negative")
     id_base = args.id_base if args.id_base is not None else int(time.time() * 1000) * 100_000
     topic = settings.topic_prefix + (args.topic or DEFAULT_TOPIC)
     acked = publish(
         settings.mqtt,
-        checkin_tweets(args.count, id_base=id_base, topic=topic, seed=args.seed),
+        checkin_tweets(
+            args.count,
+            id_base=id_base,
+            topic=topic,
+            seed=args.seed,
+            venues=args.venues,
+            zipf=DEFAULT_ZIPF if args.zipf is None else args.zipf,
+        ),
         rate=args.rate,
         total=args.count,
         qos=args.qos,
@@ -85,9 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("config", help="show the settings in force (secrets redacted)")
 
     standin = commands.add_parser("standin", help="serve the local short-link and venue stand-in")
-    standin.add_argument("--port", type=int, help="default: TASKHUB_STANDIN__PORT")
+    standin.add_argument("--port", type=int, help="short-link port; default TASKHUB_STANDIN__PORT")
+    standin.add_argument(
+        "--venue-port", type=int, help="venue API port; default TASKHUB_STANDIN__VENUE_PORT"
+    )
     standin.add_argument("--latency-ms", type=float, help="mean latency per request")
     standin.add_argument("--error-rate", type=float, help="share of requests answered 503")
+    standin.add_argument("--tail-rate", type=float, help="share of requests that take --tail-ms")
+    standin.add_argument("--tail-ms", type=float, help="latency of the slow tail")
+    standin.add_argument(
+        "--rate-limit", type=float, help="venue API requests per second per client; 0: off"
+    )
 
     feed = commands.add_parser("feed", help="publish synthetic check-in tweets to MQTT")
     feed.add_argument("--rate", type=float, default=10.0, help="messages per second; 0: unpaced")
@@ -96,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--topic", help="topic template with {city}; default checkins/{city}/tweets")
     feed.add_argument("--id-base", type=int, help="first tweet id (default: from the clock)")
     feed.add_argument("--seed", type=int, help="random seed, for a repeatable feed")
+    feed.add_argument(
+        "--venues", type=int, default=0, help="draw from this many venues; 0: each check-in new"
+    )
+    feed.add_argument(
+        "--zipf", type=float, help="venue popularity: rank r drawn as 1/r^S (default 1.1)"
+    )
     feed.add_argument("--quiet", action="store_true", help="no progress bar")
 
     deadletter_commands.add_parser(commands)

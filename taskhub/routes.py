@@ -11,6 +11,7 @@ import importlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from taskhub.payloads import CheckinTweet, Payload, SensorReading
 from taskhub.settings import Settings
@@ -24,6 +25,15 @@ are refused at the bridge as dead letters."""
 DEFAULT_ROUTES = "taskhub.routes:ROUTES"
 
 
+class WorkerPool(StrEnum):
+    """The kind of worker a route's task needs, named as `celery worker -P` names it."""
+
+    GEVENT = "gevent"
+    """I/O-bound work (HTTP, Redis): hundreds of tasks overlap in one process per core."""
+    PREFORK = "prefork"
+    """CPU-bound work: one task per process, so a long computation blocks nothing else."""
+
+
 class RouteError(ValueError):
     """The route table is inconsistent; the message names the route and what to fix."""
 
@@ -34,7 +44,8 @@ class Route:
 
     `key` names the payload field that identifies a message (for deterministic task ids);
     without one, the topic and payload bytes identify it. Every named topic parameter must
-    match `parameter_rule` whole, or the message is dead-lettered.
+    match `parameter_rule` whole, or the message is dead-lettered. `pool` says which kind of
+    worker consumes the route's queue.
     """
 
     pattern: TopicPattern
@@ -45,6 +56,7 @@ class Route:
     key: str | None = None
     name: str = field(default="")
     parameter_rule: re.Pattern[str] = SAFE_PARAMETER
+    pool: WorkerPool = WorkerPool.GEVENT
 
     def __post_init__(self) -> None:
         where = f"route {self.pattern}"
@@ -84,6 +96,7 @@ class RouteTable:
     def _check(self) -> None:
         seen: dict[str, Route] = {}
         queue_of_task: dict[str, str] = {}
+        pool_of_queue: dict[str, WorkerPool] = {}
         for route in self.routes:
             if route.pattern.mqtt_filter in seen:
                 raise RouteError(
@@ -96,6 +109,12 @@ class RouteTable:
                 raise RouteError(
                     f"task {route.task} is routed to both queue {queue!r} and {route.queue!r}; "
                     "a task has one queue so that task.delay() lands where the bridge sends it"
+                )
+            pool = pool_of_queue.setdefault(route.queue, route.pool)
+            if pool != route.pool:
+                raise RouteError(
+                    f"queue {route.queue!r} has routes for both {pool} and {route.pool} "
+                    "workers; give the CPU-bound route a queue of its own"
                 )
 
     def __iter__(self) -> Iterator[Route]:
@@ -146,6 +165,11 @@ class RouteTable:
         return {route.task: route.queue for route in self.routes}
 
     @property
+    def queue_pools(self) -> dict[str, WorkerPool]:
+        """Each queue and the kind of worker that consumes it."""
+        return {route.queue: route.pool for route in self.routes}
+
+    @property
     def task_modules(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(route.task_module for route in self.routes))
 
@@ -164,6 +188,7 @@ def _with_prefix(route: Route, prefix: str) -> Route:
         key=route.key,
         name=route.name,
         parameter_rule=route.parameter_rule,
+        pool=route.pool,
     )
 
 

@@ -30,6 +30,7 @@ ENV_NESTED_DELIMITER = "__"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STANDIN_URL = "http://127.0.0.1:8700"
+DEFAULT_VENUE_URL = "http://127.0.0.1:8701"
 
 
 class SettingsError(Exception):
@@ -130,16 +131,44 @@ class MqttSettings(_Block):
         return self.tls_ca_file is not None or self.tls_cert_file is not None
 
 
+class HostPolicy(_Block):
+    """How every worker together treats one upstream host."""
+
+    rate_limit: float = Field(0.0, ge=0)
+    """Requests per second to this host from all workers on all machines together; 0: none."""
+    breaker_failures: int = Field(5, ge=1)
+    """5xx answers or timeouts within `breaker_window` that open the breaker."""
+    breaker_window: Seconds = 30.0
+    breaker_cooldown: Seconds = 15.0
+    """Seconds an open breaker holds every worker off the host before one probe is let through."""
+
+
+DEFAULT_HOST_POLICY = HostPolicy()
+
+
 class HttpSettings(_Block):
     """The upstream HTTP services the check-in task calls."""
 
     shortlink_base_url: HttpUrl = f"{DEFAULT_STANDIN_URL}/s"
     """Where a 4sq short code is expanded: `<base>/<code>` answers with a redirect."""
-    venue_api_base_url: HttpUrl = f"{DEFAULT_STANDIN_URL}/v2"
+    venue_api_base_url: HttpUrl = f"{DEFAULT_VENUE_URL}/v2"
     """Venue API: `<base>/venues/<venue_id>` answers with JSON."""
+    venue_api_key: SecretStr | None = None
+    """Sent as `Authorization` to the venue API, which counts its rate limit per key."""
     connect_timeout: Seconds = 3.0
     read_timeout: Seconds = 10.0
-    max_connections: int = Field(20, ge=1)
+    max_connections: int | None = Field(None, ge=1)
+    """Pooled connections per worker process; default: the worker's largest concurrency."""
+    hosts: dict[str, HostPolicy] = {}
+    """Per upstream host (`host:port` as in its URLs): shared rate limit and circuit breaker.
+    A host not named here gets HostPolicy's defaults: a breaker and no rate limit."""
+    max_inline_wait: Seconds = 1.0
+    """Longest a task waits in its slot for a host's turn; a longer wait defers the task."""
+    cache_ttl: Seconds = 300.0
+    """How long a venue document is fresh when the venue API names no `max-age`."""
+
+    def policy(self, host: str) -> HostPolicy:
+        return self.hosts.get(host) or DEFAULT_HOST_POLICY
 
 
 class TaskSettings(_Block):
@@ -178,6 +207,17 @@ class TaskSettings(_Block):
         if self.idempotency_window < self.visibility_timeout:
             raise ValueError("idempotency_window must be at least visibility_timeout")
         return self
+
+
+class AutoscaleSettings(_Block):
+    """How a worker started with `--autoscale=MAX,MIN` sizes its pool from the backlog."""
+
+    tick: Seconds = 0.5
+    """Seconds between looks at the backlog."""
+    age_target: Seconds = 1.0
+    """Once the oldest queued task has waited this long, the pool grows to MAX."""
+    shrink_after: Seconds = 10.0
+    """Seconds the pool must have been bigger than needed before idle slots go."""
 
 
 class BridgeSettings(_Block):
@@ -224,9 +264,28 @@ class StandinSettings(_Block):
     """The local stand-in for the short-link and venue HTTP services."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8700, ge=1, le=65535)
+    port: int = Field(8700, ge=0, le=65535)
+    """Short-link service port; 0 picks a free one."""
+    venue_port: int = Field(8701, ge=0, le=65535)
+    """Venue API port (a separate host in real life); 0 picks a free one."""
     latency_ms: float = Field(20.0, ge=0)
+    """Mean added latency per request, jittered 0.5x-1.5x."""
     error_rate: float = Field(0.0, ge=0, le=1)
+    """Share of requests answered 503."""
+    tail_rate: float = Field(0.0, ge=0, le=1)
+    """Share of requests that take `tail_ms` instead of the usual latency."""
+    tail_ms: float = Field(1000.0, ge=0)
+    """Latency of the slow tail, milliseconds."""
+    rate_limit: float = Field(0.0, ge=0)
+    """Venue API requests per second per client (`Authorization` value), sliding window; 0: off."""
+    venue_max_age: int = Field(300, ge=0)
+    """`Cache-Control: max-age` of venue documents, seconds."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.port == self.venue_port and self.port != 0:
+            raise ValueError(f"port and venue_port must differ (both are {self.port})")
+        return self
 
 
 class FlowerSettings(_Block):
@@ -263,6 +322,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     tasks: TaskSettings = TaskSettings()
+    autoscale: AutoscaleSettings = AutoscaleSettings()
     bridge: BridgeSettings = BridgeSettings()
     standin: StandinSettings = StandinSettings()
     flower: FlowerSettings = FlowerSettings()

@@ -1,31 +1,84 @@
-"""One pooled HTTP client per worker process, created after fork and reused by every task."""
+"""One pooled HTTP client per worker process, created after fork and shared by every task in it.
+
+urllib3 rather than httpx: httpcore's pool scans every connection for every request, which at
+the hundreds of concurrent requests of a gevent worker cost 60% of the worker's CPU (py-spy,
+docs/decisions.md). urllib3 keeps idle connections per host in a queue: taking one is O(1).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from typing import Any
 
-import httpx
+import urllib3
 
 from taskhub.settings import HttpSettings
+from taskhub.worker import shape
 
-_client: httpx.Client | None = None
-_client_pid: int | None = None
+USER_AGENT = "taskhub/0.1"
+MAX_HOSTS = 32
+"""Upstream hosts a process keeps pools for at once."""
+
+_pool: urllib3.PoolManager | None = None
+_pool_pid: int | None = None
 
 
-def http_client(settings: HttpSettings) -> httpx.Client:
-    """This process's client; a forked pool child builds its own rather than share sockets."""
-    global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        _client = httpx.Client(
-            timeout=httpx.Timeout(
-                settings.read_timeout, connect=settings.connect_timeout, pool=settings.read_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
-            follow_redirects=False,
-            headers={"user-agent": "taskhub/0.1"},
+class UpstreamUnreachable(Exception):
+    """No answer: the connection was refused or reset, or the upstream did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What an upstream answered, independent of the client library."""
+
+    status: int
+    headers: dict[str, str]
+    """Header names in lower case."""
+    body: bytes
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _pool_manager(settings: HttpSettings) -> urllib3.PoolManager:
+    """This process's pools; a forked pool child builds its own rather than share sockets."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = urllib3.PoolManager(
+            num_pools=MAX_HOSTS,
+            maxsize=settings.max_connections or shape().connections,
+            block=True,  # past maxsize a request waits for a connection instead of opening more
+            retries=False,
+            headers={"user-agent": USER_AGENT},
         )
-        _client_pid = os.getpid()
-    return _client
+        _pool_pid = os.getpid()
+    return _pool
+
+
+def http_get(
+    settings: HttpSettings, url: str, headers: dict[str, str], connect: float, read: float
+) -> Answer:
+    """GET `url` once (no redirects followed, no retries); UpstreamUnreachable if no answer."""
+    try:
+        response = _pool_manager(settings).request(
+            "GET",
+            url,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=connect, read=read),
+            redirect=False,
+            preload_content=True,
+            pool_timeout=read,
+        )
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise UpstreamUnreachable(f"GET {url}: {type(error).__name__}: {error}") from None
+    return Answer(
+        response.status,
+        {name.lower(): value for name, value in response.headers.items()},
+        response.data,
+    )

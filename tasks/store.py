@@ -11,11 +11,22 @@ import redis
 from redis.client import Pipeline
 
 from taskhub.settings import get_settings
+from taskhub.worker import shape
+
+POOL_WAIT_SECONDS = 10.0
+"""How long a task waits for a free Redis connection before it fails (and is requeued)."""
 
 
 @functools.cache
 def _redis_for(pid: int) -> redis.Redis:
-    return redis.Redis.from_url(get_settings().store_redis_url)
+    # A blocking pool sized for the worker's concurrency: past it a task waits for a connection
+    # rather than failing with MaxConnectionsError, as hundreds of greenlets otherwise would.
+    pool = redis.BlockingConnectionPool.from_url(
+        get_settings().store_redis_url,
+        max_connections=shape().connections,
+        timeout=POOL_WAIT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def store_redis() -> redis.Redis:

@@ -42,6 +42,7 @@ from tests.support.processes import (
 )
 from tests.support.servers import MosquittoServer, RedisServer
 
+GEVENT, PREFORK = "gevent", "prefork"
 DEFAULT_MESSAGES = 20_000
 DEFAULT_RATE = 400.0
 KEY_PREFIX = "chaos"
@@ -84,15 +85,16 @@ class Report:
 class Chaos:
     """Owns the private servers and taskhub processes of one chaos run."""
 
-    def __init__(self, workdir: Path, messages: int, rate: float) -> None:
+    def __init__(self, workdir: Path, messages: int, rate: float, pool: str = GEVENT) -> None:
         self.workdir = workdir
+        self.pool = pool
         self.messages = messages
         self.rate = rate
         self.redis = RedisServer(workdir / "redis")
         self.mosquitto = MosquittoServer(workdir / "mosquitto")
         self.started = time.monotonic()
         self.events: list[Event] = []
-        standin_port = free_port()
+        standin_port, venue_port = free_port(), free_port()
         self.env = {
             "TASKHUB_BROKER_URL": "",
             "TASKHUB_RESULT_BACKEND": "",
@@ -102,9 +104,10 @@ class Chaos:
             "TASKHUB_MQTT__CLIENT_ID": f"chaos-{os.getpid()}-bridge",
             "TASKHUB_BRIDGE__SPOOL_DIR": str(workdir / "spool"),
             "TASKHUB_STANDIN__PORT": str(standin_port),
+            "TASKHUB_STANDIN__VENUE_PORT": str(venue_port),
             "TASKHUB_STANDIN__LATENCY_MS": "2",
             "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{standin_port}/s",
-            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{standin_port}/v2",
+            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{venue_port}/v2",
             "TASKHUB_TASKS__SOFT_TIME_LIMIT": "8",
             "TASKHUB_TASKS__TIME_LIMIT": "10",
             "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "2",
@@ -138,7 +141,8 @@ class Chaos:
         return process
 
     def _worker(self, name: str) -> Process:
-        argv = celery("worker", "-c", "4", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
+        pool = ["-P", "gevent", "--autoscale=50,4"] if self.pool == GEVENT else ["-c", "4"]
+        argv = celery("worker", *pool, "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
         process = self._process(name, argv)
         process.wait_output(WORKER_READY, timeout=60)
         return process
@@ -167,6 +171,14 @@ class Chaos:
         os.kill(victim, signal.SIGKILL)
         self.note(f"SIGKILL pool child {victim} of worker-a")
 
+    def stop_worker(self) -> None:
+        """SIGTERM: the soft shutdown requeues what worker-a still runs after its grace."""
+        worker = self.workers[0]
+        code = worker.terminate(timeout=60)
+        self.note(f"SIGTERM worker-a (exit {code})")
+        worker.start().wait_output(WORKER_READY, timeout=60)
+        self.note("worker-a restarted")
+
     def kill_worker(self) -> None:
         worker = self.workers[1]
         worker.kill()
@@ -189,15 +201,19 @@ class Chaos:
 
     def faults(self) -> list[tuple[float, Callable[[], None]]]:
         """Each fault with the share of the stream published before it strikes."""
+        # A gevent worker has no pool children: its tasks are greenlets of the one process, so
+        # its own faults are a SIGTERM (requeue) and a SIGKILL (the visibility timeout).
+        one_worker = self.kill_pool_child if self.pool == PREFORK else self.stop_worker
         return [
             (0.10, self.kill_bridge),
-            (0.20, self.kill_pool_child),
+            (0.20, one_worker),
             (0.30, self.kill_bridge),
             (0.40, self.kill_worker),
             (0.50, self.restart_redis),
             (0.60, self.kill_bridge),
             (0.70, self.restart_mosquitto),
-            (0.80, self.kill_pool_child),
+            (0.80, one_worker),
+            (0.85, self.kill_worker),
             (0.90, self.kill_bridge),
         ]
 
@@ -281,9 +297,15 @@ def count_effects(client: redis.Redis) -> Counter[int]:
         start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
 
-def run_chaos(workdir: Path, messages: int, rate: float, console: Console | None = None) -> Report:
+def run_chaos(
+    workdir: Path,
+    messages: int,
+    rate: float,
+    console: Console | None = None,
+    pool: str = GEVENT,
+) -> Report:
     console = console or Console(stderr=True)
-    chaos = Chaos(workdir, messages, rate)
+    chaos = Chaos(workdir, messages, rate, pool)
     started = time.monotonic()
     try:
         chaos.start()
@@ -361,11 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="messages per second")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument(
+        "--pool",
+        choices=(GEVENT, PREFORK),
+        default=GEVENT,
+        help="the workers' pool (default: %(default)s, the recommended worker)",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="taskhub-chaos-"))
     console = Console(stderr=True)
-    console.print(f"chaos: {args.messages} messages at {args.rate:g}/s; logs in {workdir}")
-    report = run_chaos(workdir, args.messages, args.rate, console)
+    console.print(
+        f"chaos: {args.messages} messages at {args.rate:g}/s, {args.pool} workers; "
+        f"logs in {workdir}"
+    )
+    report = run_chaos(workdir, args.messages, args.rate, console, args.pool)
     print_report(report, console)
     if not args.keep and report.ok:
         import shutil

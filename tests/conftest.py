@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,16 +49,14 @@ def broker_redis() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def standin() -> Iterator[StandinServer]:
-    """The stand-in HTTP services in a thread of this process, on this run's port."""
+    """The stand-in HTTP services in a thread of this process, on this run's two ports."""
     from taskhub.demo.standin import StandinServer
     from taskhub.settings import get_settings
 
     server = StandinServer(get_settings().standin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 @pytest.fixture
@@ -69,12 +66,14 @@ def log_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def worker(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
-    """`celery -A taskhub worker --autoscale=4,2`, as an operator would start it."""
+    """The recommended worker (`celery -A taskhub worker -P gevent --autoscale=...`), small."""
     process = Process(
         "worker",
         celery(
             "worker",
-            "--autoscale=4,2",
+            "-P",
+            "gevent",
+            "--autoscale=50,4",
             "--loglevel=INFO",
             "--without-mingle",
             "--without-gossip",

@@ -48,3 +48,31 @@ def test_the_latency_benchmark_runs_and_reports() -> None:
     )
     assert found, last
     assert all(float(value) > 0 for value in found.groups())
+
+
+@pytest.mark.usefixtures("broker_redis")
+def test_the_checkins_benchmark_runs_and_reports() -> None:
+    last = _run(
+        "bench.checkins",
+        "--checkins",
+        "300",
+        "--stock-checkins",
+        "40",
+        "--rate-limit",
+        "40",
+        "--limited-seconds",
+        "2",
+        "--venues",
+        "30",
+        "--rounds",
+        "1",
+    )
+    found = re.fullmatch(
+        rf"checkins: taskhub=({NUMBER})/s stock=({NUMBER})/s vs_stock=({NUMBER}) "
+        rf"ceiling=({NUMBER})/s vs_ceiling=({NUMBER}) limited=({NUMBER})/s "
+        rf"limit_use=({NUMBER}) 429s=({NUMBER}) requests=({NUMBER})",
+        last,
+    )
+    assert found, last
+    rates = [float(value.replace(",", "")) for value in found.groups()]
+    assert all(rate > 0 for rate in rates[:7]), last

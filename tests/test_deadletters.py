@@ -249,7 +249,7 @@ def test_replaying_one_letter_twice_runs_its_task_once(
 
 FAILURES = {
     # The short-link service answers 404: not worth retrying, fails at once.
-    "unresolvable": ({"TASKHUB_HTTP__SHORTLINK_BASE_URL": "{standin}/nothing"}, 0),
+    "unresolvable": ({"TASKHUB_HTTP__SHORTLINK_BASE_URL": "{shortlinks}/nothing"}, 0),
     # The venue service is down: retried once, then given up.
     "retries exhausted": ({"TASKHUB_HTTP__VENUE_API_BASE_URL": "http://127.0.0.1:{closed}/v2"}, 1),
 }
@@ -260,9 +260,9 @@ def failing_worker(
     request: pytest.FixtureRequest, log_dir: Path, broker_redis: redis.Redis, standin: object
 ) -> Iterator[tuple[str, Process]]:
     overrides, max_retries = FAILURES[request.param]
-    standin_url = os.environ["TASKHUB_HTTP__SHORTLINK_BASE_URL"].removesuffix("/s")
+    shortlinks = os.environ["TASKHUB_HTTP__SHORTLINK_BASE_URL"].removesuffix("/s")
     env = {
-        name: value.format(standin=standin_url, closed=free_port())
+        name: value.format(shortlinks=shortlinks, closed=free_port())
         for name, value in overrides.items()
     }
     env["TASKHUB_TASKS__MAX_RETRIES"] = str(max_retries)
@@ -296,7 +296,7 @@ def test_a_task_that_fails_for_good_is_dead_lettered_and_shows_as_failure(
         assert "answered 404" in letter.detail
         assert "expand_short_link" in letter.task.traceback
     else:
-        assert letter.task.exception == "httpx.ConnectError"
+        assert letter.task.exception == "tasks.http.UpstreamUnreachable"
         assert letter.task.retries == 1
         assert "fetch_venue" in letter.task.traceback
     wait_for(lambda: AsyncResult(result.id).state == "FAILURE", 10, "FAILURE in the backend")

@@ -26,11 +26,12 @@ def standin_process(log_dir: Path) -> Iterator[Process]:
     import httpx
 
     process = Process("standin", python_module("taskhub.cli", "standin"), log_dir, {}).start()
-    health = f"http://127.0.0.1:{get_settings().standin.port}/health"
+    ports = (get_settings().standin.port, get_settings().standin.venue_port)
+    health = [f"http://127.0.0.1:{port}/health" for port in ports]
 
     def answers() -> bool:
         try:
-            return httpx.get(health, timeout=1).status_code == 200
+            return all(httpx.get(url, timeout=1).status_code == 200 for url in health)
         except httpx.TransportError:
             return False
 

@@ -11,9 +11,10 @@ import redis
 
 from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from taskhub.celery import app
+from taskhub.deferral import SENT_AT_HEADER
 
 # Differ by sender or by delivery, not by meaning.
-PER_SENDER = {"origin"}
+PER_SENDER = {"origin", SENT_AT_HEADER}
 PER_DELIVERY = {"delivery_tag", "reply_to"}
 
 
@@ -21,7 +22,7 @@ def _decoded(raw: bytes | str) -> dict[str, Any]:
     envelope = json.loads(raw)
     envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
     for key in PER_SENDER:
-        envelope["headers"].pop(key)
+        envelope["headers"].pop(key)  # present in both: a missing one raises KeyError
     for key in PER_DELIVERY:
         envelope["properties"].pop(key)
     return dict(envelope)

@@ -1,5 +1,6 @@
 """A task whose worker dies is run again, and its effect still happens once: a pool child SIGKILLed,
-a whole worker SIGKILLed, and a worker told to stop (SIGTERM) mid-task.
+a whole worker SIGKILLed, and a worker told to stop (SIGTERM) mid-task; the last two, and Redis
+killed under running tasks, for gevent and prefork workers alike.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ TIMEOUT = 90
 
 
 @pytest.fixture
-def slow_standin(log_dir: Path) -> Iterator[str]:
+def slow_standin(log_dir: Path) -> Iterator[tuple[int, int]]:
     import httpx
 
-    port = free_port()
+    port, venue_port = free_port(), free_port()
     process = Process(
         "slow-standin",
-        python_module("taskhub.cli", "standin", "--port", str(port)),
+        python_module(
+            "taskhub.cli", "standin", "--port", str(port), "--venue-port", str(venue_port)
+        ),
         log_dir,
         {"TASKHUB_STANDIN__LATENCY_MS": str(SLOW_LATENCY_MS)},
     ).start()
@@ -45,16 +48,17 @@ def slow_standin(log_dir: Path) -> Iterator[str]:
             return False
 
     wait_for(answers, 30, "the slow stand-in")
-    yield base
+    yield port, venue_port
     process.kill()
 
 
 @pytest.fixture
-def worker_env(slow_standin: str) -> dict[str, str]:
+def worker_env(slow_standin: tuple[int, int]) -> dict[str, str]:
     """Short limits so a lost worker's task returns within the test."""
+    port, venue_port = slow_standin
     return {
-        "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"{slow_standin}/s",
-        "TASKHUB_HTTP__VENUE_API_BASE_URL": f"{slow_standin}/v2",
+        "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{port}/s",
+        "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{venue_port}/v2",
         "TASKHUB_TASKS__SOFT_TIME_LIMIT": "15",
         "TASKHUB_TASKS__TIME_LIMIT": "20",
         "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "2",
@@ -65,8 +69,17 @@ def worker_env(slow_standin: str) -> dict[str, str]:
     }
 
 
-def _worker(name: str, log_dir: Path, env: dict[str, str]) -> Process:
-    argv = celery("worker", "-c", "2", "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
+POOLS = {"prefork": ("-c", "2"), "gevent": ("-P", "gevent", "--autoscale=10,2")}
+"""Each guarantee holds for the recommended gevent worker and for a prefork one."""
+
+
+@pytest.fixture(params=sorted(POOLS))
+def pool(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _worker(name: str, log_dir: Path, env: dict[str, str], pool: str = "prefork") -> Process:
+    argv = celery("worker", *POOLS[pool], "-l", "INFO", "-n", f"{name}-{os.getpid()}@%h")
     process = Process(name, argv, log_dir, env).start()
     process.wait_output(WORKER_READY, timeout=60)
     return process
@@ -117,17 +130,20 @@ def test_pool_child_killed_mid_task_runs_it_again(
 
 
 def test_whole_worker_killed_mid_task_gets_its_task_back_within_the_bound(
-    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+    broker_redis: redis.Redis,
+    log_dir: Path,
+    worker_env: dict[str, str],
+    pool: str,
 ) -> None:
     import time
 
-    first = _worker("doomed", log_dir, worker_env)
+    first = _worker("doomed", log_dir, worker_env, pool)
     _start_slow_task("91002")
     first.kill()
     killed_at = time.monotonic()
     assert load_checkin(broker_redis, "91002") is None
 
-    second = _worker("rescuer", log_dir, worker_env)
+    second = _worker("rescuer", log_dir, worker_env, pool)
     try:
         bound = VISIBILITY + 1 + 30  # visibility + sweep interval + one task run, with margin
         _wait_resolved_once(broker_redis, "91002", bound)
@@ -137,11 +153,14 @@ def test_whole_worker_killed_mid_task_gets_its_task_back_within_the_bound(
 
 
 def test_sigterm_requeues_the_running_task_instead_of_waiting_for_it(
-    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+    broker_redis: redis.Redis,
+    log_dir: Path,
+    worker_env: dict[str, str],
+    pool: str,
 ) -> None:
     import time
 
-    first = _worker("stopping", log_dir, worker_env)
+    first = _worker("stopping", log_dir, worker_env, pool)
     _start_slow_task("91003")
     asked = time.monotonic()
     first.terminate(timeout=30)
@@ -149,7 +168,7 @@ def test_sigterm_requeues_the_running_task_instead_of_waiting_for_it(
     assert load_checkin(broker_redis, "91003") is None, "it waited for the task instead"
     wait_for(lambda: broker_redis.llen("checkins") == 1, 10, "the task back on its queue")
 
-    second = _worker("successor", log_dir, worker_env)
+    second = _worker("successor", log_dir, worker_env, pool)
     try:
         _wait_resolved_once(broker_redis, "91003", TIMEOUT)
     finally:
@@ -158,7 +177,10 @@ def test_sigterm_requeues_the_running_task_instead_of_waiting_for_it(
 
 
 def test_redis_killed_while_tasks_run_loses_none_of_them(
-    log_dir: Path, worker_env: dict[str, str], tmp_path: Path
+    log_dir: Path,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    pool: str,
 ) -> None:
     """Celery would revoke and ack running tasks on a lost connection; taskhub turns that off."""
     import json
@@ -169,7 +191,7 @@ def test_redis_killed_while_tasks_run_loses_none_of_them(
     server = RedisServer(tmp_path / "redis")
     server.start()
     env = {**worker_env, "TASKHUB_BROKER_URL": server.url, "TASKHUB_RESULT_BACKEND": server.url}
-    worker = _worker("outage", log_dir, env)
+    worker = _worker("outage", log_dir, env, pool)
     client = redis.Redis.from_url(server.url)
     builder = MessageBuilder()
     tweet_ids = ["92001", "92002"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import string
@@ -21,6 +22,9 @@ from taskhub.settings import MqttSettings
 
 DEFAULT_TOPIC = "checkins/{city}/tweets"
 MAX_UNACKED = 1000
+DEFAULT_ZIPF = 1.1
+"""With a fixed set of venues, the venue of popularity rank r is drawn with weight 1/r^1.1."""
+_CODE_LENGTH = 7
 _USERS = ("ana", "bo", "chen", "dita", "emeka", "farah", "gus", "hana", "ivo", "jun", "kemal")
 _PHRASES = ("I'm at", "Lunch at", "Finally at", "Back at", "Coffee break @", "Meeting at")
 _CODE_CHARS = string.ascii_letters + string.digits
@@ -47,13 +51,31 @@ class FeedMessage:
 
 
 def checkin_tweets(
-    count: int, *, id_base: int, topic: str = DEFAULT_TOPIC, seed: int | None = None
+    count: int,
+    *,
+    id_base: int,
+    topic: str = DEFAULT_TOPIC,
+    seed: int | None = None,
+    venues: int = 0,
+    zipf: float = DEFAULT_ZIPF,
 ) -> Iterator[FeedMessage]:
-    """`count` synthetic check-in tweets (0: endless), ids `id_base`, `id_base + 1`, ..."""
+    """`count` synthetic check-in tweets (0: endless), ids `id_base`, `id_base + 1`, ...
+
+    With `venues` N > 0 each check-in is at one of N venues, drawn with Zipf popularity (the
+    venue of rank r with weight 1/r^zipf), as real check-ins crowd into a few places; 0: every
+    check-in is at a venue of its own.
+    """
+    if venues < 0 or zipf < 0:
+        raise ValueError(f"venues and zipf must not be negative (got {venues}, {zipf:g})")
     rng = random.Random(seed)
+    popular = _venue_codes(rng, venues) if venues else []
+    ranks = list(itertools.accumulate(rank**-zipf for rank in range(1, venues + 1)))
     sequence = 0
     while count == 0 or sequence < count:
-        code = "".join(rng.choices(_CODE_CHARS, k=7))
+        if popular:
+            code = rng.choices(popular, cum_weights=ranks)[0]
+        else:
+            code = "".join(rng.choices(_CODE_CHARS, k=_CODE_LENGTH))
         venue = venue_for_code(code)
         user = rng.choice(_USERS) + str(rng.randint(1, 999))
         text = f"{rng.choice(_PHRASES)} {venue.name} ({venue.city}) http://4sq.com/{code}"
@@ -67,6 +89,14 @@ def checkin_tweets(
         }
         yield FeedMessage(topic.format(city=venue.city_key), tweet)
         sequence += 1
+
+
+def _venue_codes(rng: random.Random, venues: int) -> list[str]:
+    """`venues` distinct short codes, most popular first; the same code is always the same venue."""
+    codes: dict[str, None] = {}
+    while len(codes) < venues:
+        codes["".join(rng.choices(_CODE_CHARS, k=_CODE_LENGTH))] = None
+    return list(codes)
 
 
 def publish(

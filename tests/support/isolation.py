@@ -46,8 +46,9 @@ def configure_run() -> tuple[str, int]:
     run_id = uuid.uuid4().hex[:10]
     db = claim_redis_db(run_id)
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    standin_port = free_port()
-    standin = f"http://127.0.0.1:{standin_port}"
+    standin_port, venue_port = free_port(), free_port()
+    while venue_port == standin_port:
+        venue_port = free_port()
     os.environ.update(
         {
             "TASKHUB_BROKER_URL": url,
@@ -55,10 +56,11 @@ def configure_run() -> tuple[str, int]:
             "TASKHUB_TOPIC_PREFIX": f"test-{run_id}/",
             "TASKHUB_MQTT__CLIENT_ID": f"test-{run_id}-bridge",
             "TASKHUB_STANDIN__PORT": str(standin_port),
+            "TASKHUB_STANDIN__VENUE_PORT": str(venue_port),
             "TASKHUB_BRIDGE__SPOOL_DIR": tempfile.mkdtemp(prefix=f"taskhub-{run_id}-spool-"),
             "TASKHUB_STANDIN__LATENCY_MS": "1",
-            "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"{standin}/s",
-            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"{standin}/v2",
+            "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{standin_port}/s",
+            "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{venue_port}/v2",
         }
     )
     return run_id, db

@@ -94,3 +94,27 @@ def python_module(module: str, *args: str) -> list[str]:
 
 def celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "taskhub", *args]
+
+
+GREEN_WORKER = ("-P", "gevent")
+"""The recommended worker's pool (docs/workers.md)."""
+
+
+def start_worker(
+    name: str, log_dir: Path, env: dict[str, str], *pool: str, autoscale: str = "20,2"
+) -> Process:
+    """A worker consuming every route queue, ready; the recommended gevent one unless `pool`
+    names another (e.g. "-c", "2" for prefork)."""
+    argv = celery(
+        "worker",
+        *(pool or GREEN_WORKER),
+        *(() if pool else (f"--autoscale={autoscale}",)),
+        "--loglevel=INFO",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"{name}-{os.getpid()}@%h",
+    )
+    process = Process(name, argv, log_dir, {"REMAP_SIGTERM": "SIGQUIT", **env}).start()
+    process.wait_output(WORKER_READY, timeout=60)
+    return process

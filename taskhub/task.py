@@ -1,0 +1,69 @@
+"""The base of every taskhub task: a soft time limit that holds in a gevent worker, a task killed
+by a stopping gevent worker given back, and deferral.
+
+Celery enforces `soft_time_limit` with a signal in prefork children only; in a gevent pool it is
+silently ignored. Here a gevent.Timeout raises the same SoftTimeLimitExceeded in the task's own
+greenlet, at its next wait for I/O, which is where I/O-bound tasks spend their time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import celery
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.worker import state as worker_state
+
+from taskhub.deferral import Deferred, defer, not_before
+from taskhub.worker import is_green
+
+EARLY_WAKE_TOLERANCE = 0.5
+"""A task woken this many seconds before it is due runs anyway (timers are not exact)."""
+
+
+class Task(celery.Task):  # type: ignore[misc]
+    """Runs the task under its own soft time limit in gevent workers, puts it off again when it
+    woke up before its time, and turns `Deferred` into a deferral that spends no retry."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly:
+            return self.run(*args, **kwargs)
+        due = not_before(self)
+        if due is not None and due - time.time() > EARLY_WAKE_TOLERANCE:
+            defer(self, due - time.time(), "not due yet")
+        try:
+            if is_green():
+                if (
+                    worker_state.should_stop is not None
+                    or worker_state.should_terminate is not None
+                ):
+                    # Taken in the last moments of a shutdown (a task given back is received
+                    # again before the consumer stops): give it back before it starts.
+                    raise Reject("the worker is stopping", requeue=True)
+                return self._run_with_green_deadline(args, kwargs)
+            return self.run(*args, **kwargs)
+        except Deferred as deferred:
+            defer(self, deferred.seconds, deferred.reason)
+
+    def soft_limit(self) -> float | None:
+        """This run's soft time limit: the message's, the task's, or the configured one."""
+        limits = self.request.timelimit or (None, None)
+        soft = limits[1] if len(limits) > 1 else None
+        soft = soft or self.soft_time_limit or self.app.conf.task_soft_time_limit
+        return float(soft) if soft else None
+
+    def _run_with_green_deadline(self, args: Any, kwargs: Any) -> Any:
+        import gevent
+
+        limit = self.soft_limit()
+        try:
+            if not limit:
+                return self.run(*args, **kwargs)
+            expired = SoftTimeLimitExceeded(f"soft time limit ({limit}s) exceeded")
+            with gevent.Timeout(limit, expired):
+                return self.run(*args, **kwargs)
+        except gevent.GreenletExit:
+            # The worker is stopping (cold shutdown) and killed this task's greenlet. Celery's
+            # gevent pool would report the killed task a success and ack it: lost. Give it back.
+            raise Reject("the worker stopped mid-task", requeue=True) from None

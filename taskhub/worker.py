@@ -1,0 +1,134 @@
+"""What the worker this process serves looks like (pool kind, concurrency), and what a gevent
+worker needs that Celery does not give it: pools sized for its concurrency, greenlet-safe signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from celery import platforms
+from celery.signals import worker_init
+
+from taskhub.routes import WorkerPool
+
+log = logging.getLogger("taskhub.worker")
+
+CONNECTION_MARGIN = 16
+"""Connections beyond one per slot: the consumer, the autoscaler, events and the ledger."""
+EX_HARD_SHUTDOWN = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerShape:
+    """How many tasks this process may run at once, and in which kind of pool."""
+
+    pool: WorkerPool | None
+    """None outside a worker (a program calling `task.delay()`, a test)."""
+    concurrency: int
+
+    @property
+    def connections(self) -> int:
+        """How many Redis or HTTP connections this process may need at once."""
+        return self.concurrency + CONNECTION_MARGIN
+
+
+_shape = WorkerShape(pool=None, concurrency=1)
+_slot_lender: Callable[[], Any] | None = None
+
+
+def shape() -> WorkerShape:
+    return _shape
+
+
+def is_green() -> bool:
+    """True in a gevent worker: blocking calls yield to other tasks, soft limits need help."""
+    return _shape.pool is WorkerPool.GEVENT
+
+
+def pool_kind(pool_cls: object) -> WorkerPool:
+    """The WorkerPool a Celery pool class (or its -P alias) stands for."""
+    name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
+    return WorkerPool.GEVENT if "gevent" in str(name) else WorkerPool.PREFORK
+
+
+@worker_init.connect
+def _record_shape(sender: Any = None, **_: object) -> None:
+    """Size the broker's connection pool for this worker before its consumer connects.
+
+    kombu's Redis channel allows 10 connections by default and raises rather than waits past
+    them; a gevent worker acks from hundreds of greenlets at once (MaxConnectionsError).
+    """
+    global _shape
+    if sender is None:
+        return
+    concurrency = max(int(sender.concurrency or 1), int(getattr(sender, "max_concurrency", 0) or 0))
+    kind = pool_kind(sender.pool_cls)
+    _shape = WorkerShape(kind, concurrency if kind is WorkerPool.GEVENT else 1)
+    options = dict(sender.app.conf.broker_transport_options or {})
+    options["max_connections"] = WorkerShape(kind, concurrency).connections
+    sender.app.conf.broker_transport_options = options
+    if kind is WorkerPool.GEVENT:
+        _run_signal_handlers_in_greenlets()
+
+
+def install_slot_lender(lender: Callable[[], Any]) -> None:
+    """Let `lend_slot` hand a waiting task's pool slot to another task (set by the autoscaler,
+    which knows the pool and the consumer)."""
+    global _slot_lender
+    _slot_lender = lender
+
+
+@contextmanager
+def lend_slot() -> Iterator[None]:
+    """While a task waits for an upstream's turn, another task may use its slot.
+
+    Outside a gevent worker this does nothing: a prefork child cannot run two tasks at once.
+    """
+    if _slot_lender is None or not is_green():
+        yield
+        return
+    with _slot_lender():
+        yield
+
+
+def _run_signal_handlers_in_greenlets() -> None:
+    """Run Celery's shutdown handlers in a greenlet of their own.
+
+    A Python signal handler runs in whatever greenlet is current, usually gevent's hub, where
+    the soft shutdown's wait raises BlockingSwitchOutError and the worker dies without
+    requeueing its tasks. Every handler Celery installs from now on goes through this wrapper.
+    """
+    import gevent
+
+    signals = platforms.signals
+
+    class GreenSignals(type(signals)):  # type: ignore[misc]
+        def __setitem__(self, name: str, handler: Any) -> None:
+            super().__setitem__(name, _in_greenlet(handler, gevent.spawn))
+
+    signals.__class__ = GreenSignals
+
+
+def _in_greenlet(handler: Any, spawn: Callable[..., Any]) -> Any:
+    if not callable(handler) or getattr(handler, "_taskhub_green", False):
+        return handler
+
+    def run(*args: Any) -> None:
+        try:
+            handler(*args)
+        except BaseException as error:  # a hard shutdown raises to end the process now
+            log.warning("worker: %s during shutdown; exiting now", type(error).__name__)
+            sys.stdout.flush()
+            os._exit(EX_HARD_SHUTDOWN)
+
+    def green(*args: Any) -> None:
+        spawn(run, *args)
+
+    green._taskhub_green = True  # type: ignore[attr-defined]
+    return green

@@ -1,0 +1,91 @@
+"""A cache in Redis shared by every worker: short link -> venue id, and venue documents.
+
+A short link always names the same venue, so that entry never goes stale (it is kept for
+SHORTLINK_TTL to bound memory). A venue document is fresh for the API's `max-age` (or
+TASKHUB_HTTP__CACHE_TTL), then kept a while longer with its ETag so that a conditional request
+can renew it without a body. Hits and misses are counted per kind, in `<prefix>:stats:cache`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from redis.client import Pipeline
+
+from taskhub.settings import get_settings
+from tasks.store import store_redis
+
+SHORTLINK_TTL = 30 * 86_400
+"""Seconds a short link's venue id is kept: it never changes, the bound is for memory."""
+STALE_KEPT_SECONDS = 86_400
+"""Seconds a venue document outlives its freshness, for a conditional request to renew it."""
+
+
+def _key(kind: str, identity: str) -> str:
+    return f"{get_settings().key_prefix}:cache:{kind}:{identity}"
+
+
+def stats_key() -> str:
+    return f"{get_settings().key_prefix}:stats:cache"
+
+
+_pending: Counter[str] = Counter()
+"""Counts not yet in Redis: they ride along with the next effect a task commits in this process,
+which saves a round trip per lookup."""
+
+
+def count(kind: str, outcome: str) -> None:
+    """Count a `hit`, `miss` or `revalidated` for `kind` (shortlink, venue)."""
+    _pending[f"{kind}:{outcome}"] += 1
+
+
+def flush_counts(pipe: Pipeline) -> None:
+    """Queue the pending counts on `pipe` (a task's commit) and forget them here."""
+    for field, n in _pending.items():
+        pipe.hincrby(stats_key(), field, n)
+    _pending.clear()
+
+
+def cached_venue_id(code: str) -> str | None:
+    venue_id = store_redis().get(_key("shortlink", code))
+    count("shortlink", "hit" if venue_id is not None else "miss")
+    if venue_id is None:
+        return None
+    return venue_id if isinstance(venue_id, str) else venue_id.decode()
+
+
+def remember_venue_id(code: str, venue_id: str) -> None:
+    store_redis().set(_key("shortlink", code), venue_id, ex=SHORTLINK_TTL)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVenue:
+    document: dict[str, Any]
+    etag: str | None
+    fresh_until: float
+
+    @property
+    def fresh(self) -> bool:
+        return time.time() < self.fresh_until
+
+
+def cached_venue(venue_id: str) -> CachedVenue | None:
+    raw = store_redis().get(_key("venue", venue_id))
+    if raw is None:
+        return None
+    entry = json.loads(raw)
+    return CachedVenue(entry["document"], entry.get("etag"), float(entry["fresh_until"]))
+
+
+def remember_venue(
+    venue_id: str, document: dict[str, Any], etag: str | None, max_age: float | None
+) -> None:
+    fresh = get_settings().http.cache_ttl if max_age is None else max_age
+    entry = {"document": document, "etag": etag, "fresh_until": time.time() + fresh}
+    store_redis().set(
+        _key("venue", venue_id), json.dumps(entry), ex=int(fresh) + STALE_KEPT_SECONDS
+    )
