@@ -86,6 +86,8 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
         consumer = getattr(self.worker, "consumer", None)
         if consumer is None or getattr(consumer, "qos", None) is None:
             return False  # not consuming yet
+        if state.should_stop is not None or state.should_terminate is not None:
+            return False  # shutting down: what the queues hold is for other workers
         if not self._prefetch_synced:
             self._sync_prefetch(consumer)
         depth, age = self.backlog().read()

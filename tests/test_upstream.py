@@ -146,11 +146,15 @@ def test_a_countdown_beyond_the_visibility_timeout_runs_once(
     two_workers: list[Process],
     log_dir: Path,
     broker_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import taskhub.deferral
     from tasks.checkins import resolve_checkin
     from tasks.idempotency import duplicates_key
 
     visibility = 4
+    # Every process of a deployment shares its settings; this one publishes with the workers'.
+    monkeypatch.setattr(taskhub.deferral, "longest_hop", lambda: visibility / 2)
     env = {
         **_env(upstream),
         "TASKHUB_TASKS__VISIBILITY_TIMEOUT": str(visibility),
