@@ -49,7 +49,7 @@ DRAIN_TIMEOUT = 600.0
 READY_TIMEOUT = 60.0
 QUEUE = "checkins"
 ID_BASE = 7_000_000_000
-console = Console(stderr=True)
+console = Console(stderr=True, width=150)
 
 
 @dataclass

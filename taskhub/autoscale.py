@@ -23,7 +23,7 @@ from celery.worker.autoscale import Autoscaler
 from taskhub.deferral import SENT_AT_HEADER
 from taskhub.routes import WorkerPool
 from taskhub.settings import get_settings
-from taskhub.worker import install_slot_lender, pool_kind
+from taskhub.worker import LENDING_FACTOR, install_slot_lender, pool_kind
 
 log = logging.getLogger("taskhub.autoscale")
 
@@ -161,7 +161,11 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
 
     @contextmanager
     def lend_slot(self) -> Iterator[None]:
-        """Give the calling task's pool slot and prefetch place to another task meanwhile."""
+        """Give the calling task's pool slot and prefetch place to another task meanwhile; at
+        most `max` slots are lent at once (taskhub.worker.LENDING_FACTOR)."""
+        if self.lent >= self.max_concurrency * (LENDING_FACTOR - 1):
+            yield
+            return
         consumer = self.worker.consumer
         semaphore = self.pool._pool._semaphore
         semaphore.release()

@@ -20,7 +20,10 @@ from taskhub.routes import WorkerPool
 log = logging.getLogger("taskhub.worker")
 
 CONNECTION_MARGIN = 16
-"""Connections beyond one per slot: the consumer, the autoscaler, events and the ledger."""
+"""Connections beyond one per task: the consumer, the autoscaler, events and the ledger."""
+LENDING_FACTOR = 2
+"""At most as many tasks again as the pool has slots may run while others lend theirs, so a
+process may hold twice its concurrency in running tasks, each needing a connection."""
 EX_HARD_SHUTDOWN = 1
 
 
@@ -34,8 +37,9 @@ class WorkerShape:
 
     @property
     def connections(self) -> int:
-        """How many Redis or HTTP connections this process may need at once."""
-        return self.concurrency + CONNECTION_MARGIN
+        """How many Redis or HTTP connections this process may need at once: a pool that runs
+        out raises (kombu's) or makes tasks wait, so it is sized for every task it can run."""
+        return self.concurrency * LENDING_FACTOR + CONNECTION_MARGIN
 
 
 _shape = WorkerShape(pool=None, concurrency=1)
@@ -67,14 +71,24 @@ def _record_shape(sender: Any = None, **_: object) -> None:
     global _shape
     if sender is None:
         return
-    concurrency = max(int(sender.concurrency or 1), int(getattr(sender, "max_concurrency", 0) or 0))
+    concurrency = max(_count(sender.concurrency), _count(getattr(sender, "max_concurrency", 0)))
     kind = pool_kind(sender.pool_cls)
-    _shape = WorkerShape(kind, concurrency if kind is WorkerPool.GEVENT else 1)
+    name = sender.pool_cls if isinstance(sender.pool_cls, str) else sender.pool_cls.__module__
+    tasks_share_the_process = not any(forks in str(name) for forks in ("prefork", "processes"))
+    _shape = WorkerShape(kind, concurrency if tasks_share_the_process else 1)
     options = dict(sender.app.conf.broker_transport_options or {})
     options["max_connections"] = WorkerShape(kind, concurrency).connections
     sender.app.conf.broker_transport_options = options
     if kind is WorkerPool.GEVENT:
         _run_signal_handlers_in_greenlets()
+
+
+def _count(value: object) -> int:
+    """A concurrency as Celery holds it before the worker starts: a number, or "auto"."""
+    try:
+        return max(1, int(str(value)))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 def install_slot_lender(lender: Callable[[], Any]) -> None:
