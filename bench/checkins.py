@@ -241,7 +241,7 @@ def main() -> int:
     parser.add_argument("--checkins", type=int, default=10_000, help="per taskhub stage")
     parser.add_argument("--stock-checkins", type=int, default=1_000)
     parser.add_argument("--rate-limit", type=int, default=100, help="venue API R requests/s")
-    parser.add_argument("--limited-seconds", type=float, default=20.0)
+    parser.add_argument("--limited-seconds", type=float, default=40.0)
     parser.add_argument("--venues", type=int, default=1_000, help="Zipf stage's venues")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
