@@ -72,6 +72,11 @@ def commit_once(
                 settle(pipe, ledger_keys(), task_id)
             pipe.execute()
         except redis.WatchError:
+            # redis-py also says WatchError when the connection dropped mid-commit (a Redis
+            # restart): then nothing committed, and the task must be given back, not taken for a
+            # duplicate whose marker is missing (scripts/chaos lost a check-in so).
+            if not store_redis().exists(key):
+                raise redis.ConnectionError(f"lost Redis while committing {identity}") from None
             return False
     return True
 

@@ -6,9 +6,11 @@ import threading
 
 import pytest
 import redis
+from redis.client import Pipeline
 
 from tests.conftest import checkin_tweet
 from tests.support.processes import wait_for
+from tests.support.servers import RedisServer
 
 TIMEOUT = 30
 
@@ -56,3 +58,25 @@ def test_a_sensor_reading_redelivered_is_recorded_once(broker_redis: redis.Redis
     again = record_reading.run(reading | {"value": 99.0}, device_id="d9")
     assert again == first
     assert int(broker_redis.hget(duplicates_key(), "tasks.sensors.record_reading") or 0) == 1
+
+
+def test_redis_lost_mid_commit_is_not_taken_for_a_duplicate(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py reports a connection lost while watching as WatchError, as if another copy had
+    committed; the task would then fail for good on a done-marker that is not there."""
+    import tasks.idempotency
+
+    client = redis.Redis.from_url(private_redis.url)
+    monkeypatch.setattr(tasks.idempotency, "store_redis", lambda: client)
+
+    def writes_as_redis_restarts(pipe: Pipeline) -> None:
+        private_redis.kill()
+        private_redis.start()
+        pipe.rpush("effects", 1)
+
+    with pytest.raises(redis.ConnectionError):
+        tasks.idempotency.commit_once("lost:1", {"n": 1}, writes_as_redis_restarts)
+    assert client.llen("effects") == 0
+    assert tasks.idempotency.commit_once("lost:1", {"n": 1}, lambda pipe: pipe.rpush("effects", 1))
+    assert client.llen("effects") == 1
