@@ -134,7 +134,7 @@ class MqttSettings(_Block):
 class HostPolicy(_Block):
     """How every worker together treats one upstream host."""
 
-    rate_limit: float = Field(0.0, ge=0)
+    rate_limit: int = Field(0, ge=0)
     """Requests per second to this host from all workers on all machines together; 0: none."""
     breaker_failures: int = Field(5, ge=1)
     """5xx answers or timeouts within `breaker_window` that open the breaker."""
@@ -334,6 +334,8 @@ class Settings(BaseSettings):
 
 def _variable_name(location: tuple[int | str, ...]) -> str:
     names = [str(part) for part in location if not isinstance(part, int)]
+    if names[:2] == ["http", "hosts"] and len(names) > 2:  # a JSON value keyed by host
+        return f"{ENV_PREFIX}HTTP__HOSTS[{names[2]!r}]" + "".join(f".{n}" for n in names[3:])
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(names).upper()
 
 

@@ -35,7 +35,7 @@ def get(url: str, *, deadline: float, headers: dict[str, str] | None = None) -> 
     breaker = Breaker(host, policy)
     breaker.admit()
     if policy.rate_limit:
-        host_rate_limit().acquire(host, int(policy.rate_limit), deadline)
+        host_rate_limit().acquire(host, policy.rate_limit, deadline)
     remaining = deadline - time.monotonic()
     connect = max(MIN_TIMEOUT, min(settings.connect_timeout, remaining))
     read = max(MIN_TIMEOUT, min(settings.read_timeout, remaining))

@@ -43,6 +43,12 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("TASKHUB_MQTT__TLS_CA_FILE", "/nope.pem", "TLS file /nope.pem does not exist"),
         ("TASKHUB_TOPIC_PREFIX", "no-slash", "TASKHUB_TOPIC_PREFIX"),
         ("TASKHUB_NO_SUCH_THING", "1", "TASKHUB_NO_SUCH_THING: is not a taskhub setting"),
+        (
+            "TASKHUB_HTTP__HOSTS",
+            '{"api.example.com": {"rate_limit": 0.5}}',
+            "TASKHUB_HTTP__HOSTS['api.example.com'].rate_limit: Input should be a valid integer",
+        ),
+        ("TASKHUB_HTTP__HOSTS", '{"a.example": {"burst": 3}}', "['a.example'].burst: is not a"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(
