@@ -55,10 +55,14 @@ def is_green() -> bool:
     return _shape.pool is WorkerPool.GEVENT
 
 
+def _pool_name(pool_cls: object) -> str:
+    """A Celery pool class's -P alias or module, whichever the worker holds at the moment."""
+    return str(pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", ""))
+
+
 def pool_kind(pool_cls: object) -> WorkerPool:
     """The WorkerPool a Celery pool class (or its -P alias) stands for."""
-    name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
-    return WorkerPool.GEVENT if "gevent" in str(name) else WorkerPool.PREFORK
+    return WorkerPool.GEVENT if "gevent" in _pool_name(pool_cls) else WorkerPool.PREFORK
 
 
 @worker_init.connect
@@ -73,8 +77,8 @@ def _record_shape(sender: Any = None, **_: object) -> None:
         return
     concurrency = max(_count(sender.concurrency), _count(getattr(sender, "max_concurrency", 0)))
     kind = pool_kind(sender.pool_cls)
-    name = sender.pool_cls if isinstance(sender.pool_cls, str) else sender.pool_cls.__module__
-    tasks_share_the_process = not any(forks in str(name) for forks in ("prefork", "processes"))
+    name = _pool_name(sender.pool_cls)
+    tasks_share_the_process = not any(forks in name for forks in ("prefork", "processes"))
     _shape = WorkerShape(kind, concurrency if tasks_share_the_process else 1)
     options = dict(sender.app.conf.broker_transport_options or {})
     options["max_connections"] = WorkerShape(kind, concurrency).connections
