@@ -8,6 +8,7 @@ greenlet, at its next wait for I/O, which is where I/O-bound tasks spend their t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -52,6 +53,12 @@ class Task(celery.Task):  # type: ignore[misc]
         soft = limits[1] if len(limits) > 1 else None
         soft = soft or self.soft_time_limit or self.app.conf.task_soft_time_limit
         return float(soft) if soft else None
+
+    def deadline(self) -> float:
+        """When this run must be done (`time.monotonic()`), by its soft limit; never without one.
+        Task code cuts its waits (HTTP timeouts, a rate limit's line) to it."""
+        limit = self.soft_limit()
+        return time.monotonic() + limit if limit else math.inf
 
     def _run_with_green_deadline(self, args: Any, kwargs: Any) -> Any:
         import gevent

@@ -8,7 +8,6 @@ breaker) defers the task without spending a retry (tasks/upstream.py).
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,7 +104,7 @@ def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) 
     checkin = CheckinTweet.model_validate(tweet)
 
     def compute() -> tuple[dict[str, Any], Writes]:
-        deadline = time.monotonic() + (self.soft_limit() or get_settings().tasks.soft_time_limit)
+        deadline = self.deadline()
         venue_id = expand_short_link(checkin.short_code, deadline)
         venue = fetch_venue(venue_id, deadline)
         result = {
