@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from taskhub.payloads import CheckinTweet, Payload, SensorReading
-from taskhub.settings import Settings
+from taskhub.settings import QOS_2_REFUSAL, SUBSCRIPTION_QOS, Settings
 from taskhub.topics import TopicError, TopicPattern
 
 _QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -65,8 +65,8 @@ class Route:
         module, _, function = self.task.rpartition(".")
         if not module or not function.isidentifier():
             raise RouteError(f"{where}: task {self.task!r} must be a dotted path module.function")
-        if self.qos not in (None, 0, 1, 2):
-            raise RouteError(f"{where}: qos must be 0, 1 or 2 (got {self.qos!r})")
+        if self.qos not in (None, *SUBSCRIPTION_QOS):
+            raise RouteError(f"{where}: qos must be 0 or 1 (got {self.qos!r}): {QOS_2_REFUSAL}")
         if self.key is not None and self.key not in self.payload.model_fields:
             raise RouteError(f"{where}: key {self.key!r} is not a field of {self.payload.__name__}")
         if not self.name:

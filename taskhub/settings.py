@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,15 @@ class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SUBSCRIPTION_QOS = (0, 1)
+"""The QoS levels the bridge subscribes at."""
+QOS_2_REFUSAL = (
+    "the bridge acks a message only once Redis or the spool holds it, and MQTT's QoS 2 "
+    "handshake acks on arrival; use 1 (duplicates are absorbed by idempotency keys)"
+)
+"""Why QoS 2 is refused, for the one-line start error."""
+
+
 class MqttSettings(_Block):
     """How the bridge reaches the MQTT broker and keeps its session."""
 
@@ -92,8 +102,8 @@ class MqttSettings(_Block):
     session_expiry: int = Field(86_400, ge=1, le=4_294_967_294)
     """Seconds the broker keeps the session (and queues messages) after a disconnect."""
     keepalive: int = Field(30, ge=5, le=65_535)
-    qos: int = Field(1, ge=0, le=2)
-    """Default subscription QoS for routes that do not name one."""
+    qos: int = 1
+    """Default subscription QoS for routes that do not name one: 0 or 1 (see QOS_2_REFUSAL)."""
     share_group: str | None = None
     """When set, routes are subscribed as `$share/<group>/...` so replicas split the stream."""
     receive_maximum: int = Field(1000, ge=1, le=65_535)
@@ -105,6 +115,13 @@ class MqttSettings(_Block):
     tls_key_file: Path | None = None
     reconnect_min_delay: Seconds = 1.0
     reconnect_max_delay: Seconds = 30.0
+
+    @field_validator("qos")
+    @classmethod
+    def _subscribable(cls, qos: int) -> int:
+        if qos not in SUBSCRIPTION_QOS:
+            raise ValueError(f"qos must be 0 or 1 (got {qos!r}): {QOS_2_REFUSAL}")
+        return qos
 
     @model_validator(mode="after")
     def _check(self) -> Self:

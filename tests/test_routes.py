@@ -46,7 +46,7 @@ def test_a_task_routed_to_two_queues_is_refused() -> None:
     [
         ({"queue": "bad queue"}, "queue 'bad queue'"),
         ({"task": "resolve"}, "dotted path"),
-        ({"qos": 3}, "qos must be 0, 1 or 2"),
+        ({"qos": 2}, "qos must be 0 or 1 .*QoS 2 handshake acks on arrival"),
         ({"key": "nope"}, "key 'nope' is not a field of CheckinTweet"),
     ],
 )
@@ -129,10 +129,11 @@ def test_a_namespace_is_subscribed_at_the_highest_qos_of_its_routes() -> None:
     table = RouteTable(
         [
             Route(TopicPattern("a/{x}"), "tasks.a.run", "qa", CheckinTweet, qos=0),
-            Route(TopicPattern("a/{x}/{y}"), "tasks.b.run", "qb", CheckinTweet, qos=2),
+            Route(TopicPattern("a/{x}/{y}"), "tasks.b.run", "qb", CheckinTweet),
         ]
     )
-    assert table.subscriptions(default_qos=1) == [("a/#", 2)]
+    assert table.subscriptions(default_qos=0) == [("a/#", 0)]
+    assert table.subscriptions(default_qos=1) == [("a/#", 1)]
 
 
 def test_a_task_whose_decorator_names_another_queue_is_refused() -> None:

@@ -59,6 +59,7 @@ def test_the_worker_and_the_cli_refuse_it_too(argv: list[str]) -> None:
         ("TASKHUB_BRIDGE__BATCH_SIZE", "0", "TASKHUB_BRIDGE__BATCH_SIZE: Input should be greater"),
         ("TASKHUB_TASKS__VISIBILITY_TIMEOUT", "60", "must exceed time_limit + retry_backoff_max"),
         ("TASKHUB_ROUTES", "no colon", "TASKHUB_ROUTES: String should match pattern"),
+        ("TASKHUB_MQTT__QOS", "2", "qos must be 0 or 1 (got 2): the bridge acks a message only"),
         ("TASKHUB_BRIDGE__DEADLETTER_TOPIC", "dead/#", "TASKHUB_BRIDGE__DEADLETTER_TOPIC"),
         (
             "TASKHUB_BRIDGE__DEADLETTER_TOPIC",
