@@ -94,6 +94,7 @@ class Bridge:
                 self._turn()
         finally:
             self._abandon(len(self.pending), "still undelivered at shutdown")
+            self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
             self.source.close()
             self.delivery.spool.close()
@@ -107,14 +108,16 @@ class Bridge:
             )
 
     def _turn(self) -> None:
-        room = self.settings.max_in_flight - len(self.pending)
         held = not self._hold.ready()
-        reading = not self._stop.is_set() and not held and not self.delivery.backpressure.paused
+        taking = not self._stop.is_set() and not held and not self.delivery.backpressure.paused
         busy = bool(self.pending) and not held
-        self.source.pump(read=reading, room=room, timeout=0 if busy else IDLE_WAIT_SECONDS)
-        self._take_received()
+        self.source.pump(timeout=0 if busy else IDLE_WAIT_SECONDS)
+        if taking:
+            self._take_received(self.settings.max_in_flight - len(self.pending))
         if self.pending and not held and self._batch_due():
             self._flush()
+        if not self.pending and self.source.shed_and_drained():
+            self.source.reconnect_to_collect_shed()
         self.delivery.replay()
         if self.delivery.backpressure.paused and time.monotonic() >= self._next_depth_poll:
             self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
@@ -131,13 +134,12 @@ class Bridge:
         except redis.RedisError as error:
             log.debug("ledger sweep skipped: %s", error)
 
-    def _take_received(self) -> None:
-        received = self.source.received
-        if received and self._batch_started is None:
+    def _take_received(self, room: int) -> None:
+        taken = self.source.take(room)
+        if taken and self._batch_started is None:
             self._batch_started = time.monotonic()
-        while received:
-            message = received.popleft()
-            self.counters.received += 1
+        self.counters.received += len(taken)
+        for message in taken:
             self.pending.append(Pending(message, self._outbound(message)))
 
     def _outbound(self, received: Received) -> Outbound:

@@ -1,9 +1,12 @@
 """The MQTT side of the bridge: a persistent-session subscription, driven by the bridge's own loop.
 
-paho runs no thread here. The bridge calls `pump()` and decides each time whether to read: it stops
-reading when too much is in flight or downstream is full, while acks and keepalives keep flowing.
-Each message remembers the connection it came on and is never acked on a later one (the broker
-redelivers it there instead).
+paho runs no thread here. The bridge calls `pump()` to service the connection and takes messages
+from `received` only while it has room. The socket is read even while the bridge takes nothing, so
+PINGRESP and CONNACK are never stuck behind waiting PUBLISH packets. Messages past
+`MqttSettings.read_ahead` are shed unacked (the broker keeps them in flight), and once the bridge
+has taken everything before them it reconnects, so the broker sends them again: memory stays bounded
+whatever the broker sends (Mosquitto 2.0 sends past Receive Maximum). Each message remembers the
+connection it came on and is never acked on a later one (the broker redelivers it there instead).
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class MqttSource:
             for topic_filter, qos in routes.subscriptions(settings.qos)
         ]
         self.received: deque[Received] = deque()
+        """Messages read and not yet taken by the bridge, oldest first."""
+        self.shed = 0
+        """Messages read past `read_ahead` on this connection and dropped unacked."""
+        self.shed_total = 0
+        self._closing = False
         self.connection = 0
         self.connected = False
         self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
@@ -82,15 +90,16 @@ class MqttSource:
         group = self.settings.share_group
         return f"{SHARE_PREFIX}{group}/{topic_filter}" if group else topic_filter
 
-    def pump(self, *, read: bool, room: int, timeout: float) -> None:
-        """Service the connection once: connect if due, read up to `room` messages if `read`,
-        send what is queued (acks first of all), keep the session alive. Waits at most `timeout`.
+    def pump(self, timeout: float) -> None:
+        """Service the connection once: connect if due, read what has come (control packets and
+        messages alike), send what is queued (acks first of all), keep the session alive. Waits at
+        most `timeout`.
         """
         sock = self.client.socket()
         if sock is None:
             self._maybe_reconnect(timeout)
             return
-        readable = [sock] if read and room > 0 else []
+        readable = [sock]
         writable = [sock] if self.client.want_write() else []
         buffered = bool(readable) and self.client.buffered_packet()
         pending_tls = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
@@ -102,23 +111,28 @@ class MqttSource:
             except (OSError, ValueError):
                 readable, writable = [], []
         if readable or pending_tls:
-            self._read(room)
+            self._read(self.settings.read_ahead)
         if self.client.want_write():
             self.client.loop_write()
         self.client.loop_misc()
 
-    def _read(self, room: int) -> None:
-        """Read packets while they keep coming and there is room for the messages they carry."""
-        while room > 0:
-            before = len(self.received)
-            if self.client.read_packets(room) != mqtt.MQTT_ERR_SUCCESS:
-                return
-            room -= len(self.received) - before
-            if not self.more_waiting():
-                return
+    def _read(self, limit: int) -> None:
+        """Read up to `limit` packets, while they keep coming."""
+        if self.client.read_packets(limit) == mqtt.MQTT_ERR_SUCCESS:
+            while self.client.buffered_packet():  # whole packets left over from the last recv
+                if self.client.read_packets(limit) != mqtt.MQTT_ERR_SUCCESS:
+                    return
+
+    def take(self, limit: int) -> list[Received]:
+        """Up to `limit` received messages, oldest first, for the bridge to judge and deliver."""
+        count = min(limit, len(self.received))
+        return [self.received.popleft() for _ in range(count)]
 
     def more_waiting(self) -> bool:
-        """Whether the socket has more to read right now."""
+        """Whether more messages are waiting, received or still on the socket."""
+        return bool(self.received) or self._socket_has_more()
+
+    def _socket_has_more(self) -> bool:
         sock = self.client.socket()
         if sock is None:
             return False
@@ -135,7 +149,23 @@ class MqttSource:
         """Send everything queued (acks) within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while self.client.want_write() and time.monotonic() < deadline:
-            self.pump(read=False, room=0, timeout=0.05)
+            self.pump(timeout=0.05)
+
+    def shed_and_drained(self) -> bool:
+        """Whether messages were shed on this connection and everything read before them has
+        been taken: time to reconnect and have the broker send them again."""
+        return self.connected and self.shed > 0 and not self.received
+
+    def reconnect_to_collect_shed(self) -> None:
+        """Reconnect on purpose: the broker resends the shed messages, still unacked, in order."""
+        log.info(
+            "reconnecting to mqtt so the broker sends again %d messages shed while the bridge "
+            "was full (TASKHUB_MQTT__READ_AHEAD=%d)",
+            self.shed,
+            self.settings.read_ahead,
+        )
+        self.close()
+        self._reconnect.succeeded()
 
     def is_current(self, received: Received) -> bool:
         return self.connected and received.connection == self.connection
@@ -156,15 +186,17 @@ class MqttSource:
     def close(self) -> None:
         """Send the acks already given, wait until the broker has read them, then disconnect;
         the broker keeps the session."""
+        self._closing = True
         self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
         if self.connected:
             self.client.ping()
             deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
             while not self.client.ping_answered() and time.monotonic() < deadline:
-                self.pump(read=True, room=1, timeout=0.05)
+                self.pump(timeout=0.05)
         if self.client.socket() is not None:
             self.client.disconnect()
             self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
+        self._closing = False
 
     def _maybe_reconnect(self, timeout: float) -> None:
         if not self._reconnect.ready():
@@ -206,6 +238,7 @@ class MqttSource:
         self.client.set_no_delay()
         self.connection += 1
         self.connected = True
+        self.shed = 0
         log.info("mqtt connected (session present: %s)", flags.session_present)
         if self.settings.protocol is MqttProtocol.V5:
             client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions])
@@ -215,7 +248,7 @@ class MqttSource:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             log.warning("mqtt disconnected: %s", reason_text(reason))
             self._reconnect.wait()
         self.connected = False
@@ -238,6 +271,12 @@ class MqttSource:
         self, topic: str, payload: bytes, mid: int, qos: int, properties: bytes
     ) -> None:
         """A QoS 0/1 message from the bulk receive path."""
+        if self.shed or len(self.received) >= self.settings.read_ahead:
+            # Once one is shed, every later one is too, so the acks given stay a prefix of what
+            # arrived and the broker resends the rest, in order, after the reconnect.
+            self.shed += 1
+            self.shed_total += 1
+            return
         lazy = functools.partial(decode_properties, properties) if properties else dict
         self.received.append(Received(RawMessage(topic, payload, lazy), mid, qos, self.connection))
 
@@ -248,5 +287,9 @@ class MqttSource:
             topic = message.topic
         except UnicodeDecodeError:
             topic = bytes(message._topic).decode("utf-8", "replace")
+        if self.shed or len(self.received) >= self.settings.read_ahead:
+            self.shed += 1
+            self.shed_total += 1
+            return
         raw = RawMessage(topic, bytes(message.payload), functools.partial(_properties_of, message))
         self.received.append(Received(raw, message.mid, message.qos, self.connection))

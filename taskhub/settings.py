@@ -108,6 +108,10 @@ class MqttSettings(_Block):
     """When set, routes are subscribed as `$share/<group>/...` so replicas split the stream."""
     receive_maximum: int = Field(1000, ge=1, le=65_535)
     """MQTT 5 Receive Maximum: how many unacked QoS 1/2 messages the broker may send us."""
+    read_ahead: int = Field(10_000, ge=1)
+    """Most messages read from the socket and not yet taken by the bridge. The socket is read even
+    while the bridge is paused, for keepalives; past this, messages are left unacked and fetched
+    again by a reconnect (QoS 0 ones are dropped: at most once)."""
     username: str | None = None
     password: SecretStr | None = None
     tls_ca_file: Path | None = None

@@ -5,6 +5,7 @@ holds the backlog, and everything is processed once workers catch up.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,86 @@ def test_queue_depth_stays_below_high_watermark_plus_in_flight(
     assert max(depths) >= HIGH, "the test never reached the watermark"
     assert max(depths) <= HIGH + IN_FLIGHT
     assert "resuming intake" in bridge.output()
+
+
+KEEPALIVE = 5
+PAUSED_KEEPALIVES = 3
+
+
+def _paused_bridge(
+    log_dir: Path, mosquitto: MosquittoServer, name: str, extra: dict[str, str]
+) -> Process:
+    return Process(
+        "bridge",
+        python_module("bridge"),
+        log_dir,
+        {
+            "TASKHUB_MQTT__CLIENT_ID": f"{get_settings().mqtt.client_id}-{name}",
+            "TASKHUB_MQTT__KEEPALIVE": str(KEEPALIVE),
+            "TASKHUB_BRIDGE__HIGH_WATERMARK": str(HIGH),
+            "TASKHUB_BRIDGE__LOW_WATERMARK": str(LOW),
+            "TASKHUB_BRIDGE__MAX_IN_FLIGHT": str(IN_FLIGHT),
+            "TASKHUB_MQTT__RECEIVE_MAXIMUM": str(IN_FLIGHT),
+            "TASKHUB_BRIDGE__BATCH_SIZE": str(BATCH),
+            "TASKHUB_MQTT__PORT": str(mosquitto.port),
+            **extra,
+        },
+    ).start()
+
+
+def _drain_queue_until_all_landed(client: redis.Redis, total: int) -> None:
+    """Stand in for a worker: empty the queue until `total` tasks have come through it."""
+    seen = 0
+
+    def drained() -> bool:
+        nonlocal seen
+        with client.pipeline() as pipe:
+            pipe.llen("checkins")
+            pipe.delete("checkins")
+            depth, _ = pipe.execute()
+        seen += int(depth)
+        return seen >= total
+
+    wait_for(drained, 60, f"{total} tasks through the queue")
+    assert seen == total
+
+
+def test_a_paused_bridge_keeps_its_mqtt_connection(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    """While paused the bridge takes no message, yet it keeps reading PINGRESPs: no reconnects."""
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    bridge = _paused_bridge(log_dir, private_mosquitto, "paused", {})
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        tweet_ids = publish_checkins(HIGH * 3, id_base=90_000, mqtt=mqtt)
+        bridge.wait_output("pausing intake", timeout=30)
+        # Nothing to await here: the claim is that nothing happens for three keepalive periods.
+        time.sleep(PAUSED_KEEPALIVES * KEEPALIVE + 1)
+        assert broker_redis.llen("checkins") < len(tweet_ids), "the bridge never paused"
+        _drain_queue_until_all_landed(broker_redis, len(tweet_ids))
+    finally:
+        bridge.terminate()
+    log = bridge.output()
+    assert "mqtt disconnected" not in log
+    assert log.count("mqtt connected") == 1
+
+
+def test_messages_past_read_ahead_are_fetched_again_by_one_reconnect(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    """A paused bridge holds at most read-ahead messages; the rest come back after it resumes."""
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    bridge = _paused_bridge(
+        log_dir, private_mosquitto, "read-ahead", {"TASKHUB_MQTT__READ_AHEAD": str(BATCH)}
+    )
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        tweet_ids = publish_checkins(HIGH * 3, id_base=95_000, mqtt=mqtt)
+        bridge.wait_output("pausing intake", timeout=30)
+        _drain_queue_until_all_landed(broker_redis, len(tweet_ids))
+    finally:
+        bridge.terminate()
+    log = bridge.output()
+    assert "so the broker sends again" in log
+    assert "mqtt disconnected" not in log
