@@ -53,17 +53,6 @@ def test_copies_racing_to_commit_let_exactly_one_through(broker_redis: redis.Red
     assert broker_redis.llen("race-effects") == 1
 
 
-def test_a_sensor_reading_redelivered_is_recorded_once(broker_redis: redis.Redis) -> None:
-    from tasks.idempotency import duplicates_key
-    from tasks.sensors import record_reading
-
-    reading = {"seq": 5, "value": 1.5, "ts": "2026-11-22T10:00:00Z"}
-    first = record_reading.run(reading, device_id="d9")
-    again = record_reading.run(reading | {"value": 99.0}, device_id="d9")
-    assert again == first
-    assert int(broker_redis.hget(duplicates_key(), "tasks.sensors.record_reading") or 0) == 1
-
-
 def test_redis_lost_mid_commit_is_not_taken_for_a_duplicate(
     private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
