@@ -51,8 +51,15 @@ class CheckinTweet(Payload):
 
 
 class SensorReading(Payload):
-    """One reading from a device; the device id comes from the topic."""
+    """One reading from a device; the device id comes from the topic.
+
+    `seq` counts readings within one boot and starts again when the device restarts. `boot` says
+    which boot: a number the device raises at every restart (a boot counter kept in flash, or the
+    boot time in Unix seconds). A device that sends no `boot` is ordered by `ts` (see
+    tasks/sensors.py and docs/delivery.md, "Sensor readings").
+    """
 
     seq: Annotated[int, Field(ge=0)]
     value: float
     ts: datetime
+    boot: Annotated[int, Field(ge=0)] | None = None

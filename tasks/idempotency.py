@@ -9,7 +9,7 @@ Duplicates absorbed this way are counted per task.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -22,6 +22,17 @@ from tasks.ledger import ledger_keys
 from tasks.store import store_redis
 
 Writes = Callable[[Pipeline], object]
+"""Queues a task's effect on the transaction that marks it done."""
+Plan = Callable[[Pipeline], tuple[dict[str, Any], Writes]]
+"""Reads watched keys (the pipeline is still in immediate mode) and says the result and writes."""
+
+MAX_COMMIT_ATTEMPTS = 20
+"""How often a planned commit decides again when its watched keys change under it; past this
+the task goes back to its queue. Each attempt loses only to a commit that got through."""
+
+
+class CommitContended(redis.RedisError):
+    """Other commits kept changing the keys a planned commit depends on."""
 
 
 def done_key(identity: str) -> str:
@@ -58,27 +69,43 @@ def commit_once(
     """Apply `writes`, mark `identity` done and settle `task_id` in the ledger, atomically;
     False if another copy did first.
     """
+    return commit_planned(identity, lambda _pipe: (result, writes), (), task_id) is not None
+
+
+def commit_planned(
+    identity: str, plan: Plan, watch: Sequence[str] = (), task_id: str | None = None
+) -> dict[str, Any] | None:
+    """Like commit_once, for effects that depend on what `watch` holds: `plan` reads those keys
+    and decides, and a change to them before the commit makes it decide again. The result that
+    committed, or None if another copy of `identity` did first.
+    """
     key = done_key(identity)
     window = int(get_settings().tasks.idempotency_window)
-    with store_redis().pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            if pipe.exists(key):
-                return False
-            pipe.multi()
-            writes(pipe)
-            pipe.set(key, json.dumps(result), ex=window)
-            if task_id:
-                settle(pipe, ledger_keys(), task_id)
-            pipe.execute()
-        except redis.WatchError:
-            # redis-py also says WatchError when the connection dropped mid-commit (a Redis
-            # restart): then nothing committed, and the task must be given back, not taken for a
-            # duplicate whose marker is missing (scripts/chaos lost a check-in so).
-            if not store_redis().exists(key):
-                raise redis.ConnectionError(f"lost Redis while committing {identity}") from None
-            return False
-    return True
+    for _ in range(MAX_COMMIT_ATTEMPTS):
+        with store_redis().pipeline() as pipe:
+            try:
+                pipe.watch(key, *watch)
+                if pipe.exists(key):
+                    return None
+                result, writes = plan(pipe)
+                pipe.multi()
+                writes(pipe)
+                pipe.set(key, json.dumps(result), ex=window)
+                if task_id:
+                    settle(pipe, ledger_keys(), task_id)
+                pipe.execute()
+                return result
+            except redis.WatchError:
+                if store_redis().exists(key):
+                    return None
+                if not watch:
+                    # redis-py also says WatchError when the connection dropped mid-commit (a
+                    # Redis restart): then nothing committed, and the task must be given back,
+                    # not taken for a duplicate whose marker is missing (scripts/chaos lost a
+                    # check-in so).
+                    raise redis.ConnectionError(f"lost Redis while committing {identity}") from None
+                # A watched key moved (or the connection dropped: the next WATCH finds out).
+    raise CommitContended(f"{identity}: {', '.join(watch)} kept changing while it committed")
 
 
 def run_once(
@@ -99,5 +126,23 @@ def run_once(
         if not commit_once(identity, result, writes, task_id):
             return absorb_duplicate(task_name, task_id, identity)
     except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise Reject(error, requeue=True) from error
+    return result
+
+
+def run_once_planned(
+    task_name: str, task_id: str, identity: str, plan: Plan, watch: Sequence[str]
+) -> dict[str, Any]:
+    """run_once for an effect decided by what `watch` holds, read and written in one transaction
+    (a sensor's latest reading moves only forward). `plan` runs inside the WATCH: Redis reads
+    only, no slow calls.
+    """
+    try:
+        if previous_result(identity) is not None:
+            return absorb_duplicate(task_name, task_id, identity)
+        result = commit_planned(identity, plan, watch, task_id)
+        if result is None:
+            return absorb_duplicate(task_name, task_id, identity)
+    except (redis.ConnectionError, redis.TimeoutError, CommitContended) as error:
         raise Reject(error, requeue=True) from error
     return result

@@ -52,6 +52,15 @@ def _reading(seq: int, value: object = 21.5) -> bytes:
     return json.dumps({"seq": seq, "value": value, "ts": "2026-11-22T10:00:00Z"}).encode()
 
 
+def _done_key(device: str, payload: bytes) -> str:
+    """The done-marker a reading's task sets once it ran."""
+    from taskhub.payloads import SensorReading
+    from tasks.idempotency import done_key
+    from tasks.sensors import reading_identity
+
+    return done_key(reading_identity(device, SensorReading.model_validate_json(payload)))
+
+
 def taskhub_cli(*args: str, env: dict[str, str] | None = None) -> str:
     """Run the `taskhub` command as a user would; its output, or the test fails with it."""
     done = subprocess.run(
@@ -204,7 +213,7 @@ def test_list_show_replay_after_fixing_the_routes_and_purge(
         env={"TASKHUB_ROUTES": FIXED_ROUTES},
     )  # fmt: skip
     assert "replay: enqueued=2 still_refused=0 skipped=0" in fixed
-    done = [f"{get_settings().key_prefix}:done:reading:dev-1:{seq}" for seq in (2, 4)]
+    done = [_done_key("dev-1", _reading(seq)) for seq in (2, 4)]  # "21.5 C" now reads 21.5
     wait_for(lambda: broker_redis.exists(*done) == 2, 30, "the replayed readings to run")
     assert len(store) == 4
     again = taskhub_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -11,6 +12,9 @@ from redis.client import Pipeline
 from tests.conftest import checkin_tweet
 from tests.support.processes import wait_for
 from tests.support.servers import RedisServer
+
+if TYPE_CHECKING:
+    from tasks.idempotency import Writes
 
 TIMEOUT = 30
 
@@ -49,17 +53,6 @@ def test_copies_racing_to_commit_let_exactly_one_through(broker_redis: redis.Red
     assert broker_redis.llen("race-effects") == 1
 
 
-def test_a_sensor_reading_redelivered_is_recorded_once(broker_redis: redis.Redis) -> None:
-    from tasks.idempotency import duplicates_key
-    from tasks.sensors import record_reading
-
-    reading = {"seq": 5, "value": 1.5, "ts": "2026-11-22T10:00:00Z"}
-    first = record_reading.run(reading, device_id="d9")
-    again = record_reading.run(reading | {"value": 99.0}, device_id="d9")
-    assert again == first
-    assert int(broker_redis.hget(duplicates_key(), "tasks.sensors.record_reading") or 0) == 1
-
-
 def test_redis_lost_mid_commit_is_not_taken_for_a_duplicate(
     private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,3 +73,23 @@ def test_redis_lost_mid_commit_is_not_taken_for_a_duplicate(
     assert client.llen("effects") == 0
     assert tasks.idempotency.commit_once("lost:1", {"n": 1}, lambda pipe: pipe.rpush("effects", 1))
     assert client.llen("effects") == 1
+
+
+def test_a_planned_commit_whose_watched_key_keeps_moving_goes_back_to_its_queue(
+    broker_redis: redis.Redis,
+) -> None:
+    from celery.exceptions import Reject
+
+    from tasks.idempotency import MAX_COMMIT_ATTEMPTS, done_key, run_once_planned
+
+    def plan_while_another_commit_moves_the_key(pipe: Pipeline) -> tuple[dict[str, int], Writes]:
+        broker_redis.incr("moving")
+        return {"n": 1}, lambda tx: tx.rpush("effects", 1)
+
+    with pytest.raises(Reject):
+        run_once_planned(
+            "t", "id-1", "moving:1", plan_while_another_commit_moves_the_key, ["moving"]
+        )
+    assert int(broker_redis.get("moving") or 0) == MAX_COMMIT_ATTEMPTS
+    assert broker_redis.llen("effects") == 0
+    assert broker_redis.exists(done_key("moving:1")) == 0

@@ -89,8 +89,12 @@ def _readings(topic_prefix: str, device: str, count: int) -> list[RawMessage]:
 
 
 def _done(client: redis.Redis, device: str, count: int) -> int:
-    prefix = get_settings().key_prefix
-    return int(client.exists(*(f"{prefix}:done:reading:{device}:{n}" for n in range(count))))
+    from taskhub.payloads import SensorReading
+    from tasks.idempotency import done_key
+    from tasks.sensors import reading_identity
+
+    readings = (SensorReading.model_validate_json(m.payload) for m in _readings("", device, count))
+    return int(client.exists(*(done_key(reading_identity(device, r)) for r in readings)))
 
 
 def test_the_bridge_works_over_tls_with_a_password_and_never_logs_it(
