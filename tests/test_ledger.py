@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,10 +14,14 @@ from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
 from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, Sweeper
+from taskhub.deadletters import stream_key
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import get_settings
-from tests.conftest import checkin_tweet
+from tests.conftest import checkin_tweet, stored_checkins
+from tests.support.processes import start_worker as start_worker_process
+from tests.support.processes import wait_for
+from tests.support.servers import RedisServer
 
 TASK = "tasks.checkins.resolve_checkin"
 
@@ -155,3 +160,42 @@ def test_a_foreign_message_at_the_tail_makes_the_sweep_judge_nothing(
     broker_redis.rpop("checkins")  # lost...
     broker_redis.rpush("checkins", b"\x80\x04not json")  # ...behind something unreadable
     assert _sweeper(broker_redis, keys).sweep(now=time.time() + 60) == 0
+
+
+def test_with_the_store_on_another_redis_every_task_settles_once_and_nothing_is_swept(
+    broker_redis: redis.Redis,
+    publisher: RedisPublisher,
+    keys: LedgerKeys,
+    private_redis: RedisServer,
+    standin: StandinServer,
+    log_dir: Path,
+) -> None:
+    from tasks.checkins import resolved_stream
+    from tasks.idempotency import duplicates_key
+
+    store = redis.Redis.from_url(private_redis.url)
+    tweet_ids = [str(860 + n) for n in range(3)]
+    publisher.land([_outbound(tweet_id) for tweet_id in tweet_ids])
+    worker = start_worker_process(
+        "store-elsewhere", log_dir, {"TASKHUB_STORE_URL": private_redis.url}
+    )
+    try:
+        wait_for(lambda: stored_checkins(store, tweet_ids) == 3, 30, "3 check-ins in the store")
+        wait_for(lambda: broker_redis.zcard(keys.index) == 0, 30, "the ledger settled")
+        # Delivered again, as after a crash between the store's commit and the ledger's settle.
+        publisher.land([_outbound(tweet_ids[0])])
+        wait_for(
+            lambda: (
+                int(store.hget(duplicates_key(), TASK) or 0) == 1
+                and broker_redis.zcard(keys.index) == 0
+            ),
+            30,
+            "the copy absorbed and its entry settled",
+        )
+    finally:
+        worker.kill()
+    assert broker_redis.hlen(keys.entries) == 0
+    assert _sweeper(broker_redis, keys).sweep(now=time.time() + 3600) == 0
+    assert broker_redis.xlen(stream_key(get_settings().key_prefix)) == 0, "no dead letters"
+    assert store.xlen(resolved_stream()) == 3, "each effect once"
+    assert stored_checkins(broker_redis, tweet_ids) == 0, "effects only in the store"
