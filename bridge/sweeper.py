@@ -1,8 +1,9 @@
 """The ledger sweeper: finds tasks that left their queue but no worker holds or finished, and
 enqueues them again with a fresh delivery tag.
 
-Ledger scores are enqueue times and only move forward with a new enqueue (a sweep or a Celery
-retry, both of which add the message at the queue's far end), so the queue stays in score order.
+Ledger scores are enqueue times and only move forward with a new enqueue at the queue's far end
+(a sweep, a Celery retry, or a worker's requeue, which taskhub's transport scores in the same
+transaction), so the queue stays in score order.
 
 kombu's Redis transport pops a task (BRPOP) and records it as unacked in a second round trip; a
 worker killed in between loses the task. Queues are FIFO, so a ledger entry older than the

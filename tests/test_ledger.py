@@ -199,3 +199,26 @@ def test_with_the_store_on_another_redis_every_task_settles_once_and_nothing_is_
     assert broker_redis.xlen(stream_key(get_settings().key_prefix)) == 0, "no dead letters"
     assert store.xlen(resolved_stream()) == 3, "each effect once"
     assert stored_checkins(broker_redis, tweet_ids) == 0, "effects only in the store"
+
+
+def _queued_ids(client: redis.Redis) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange("checkins", 0, -1)]
+
+
+def test_a_task_a_worker_requeued_is_not_enqueued_again_while_it_waits(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    from taskhub.celery import app
+
+    waiting = [_outbound(str(870 + n)) for n in range(5)]
+    publisher.land(waiting)
+    with app.connection_for_read() as connection:
+        # What a worker does with Reject(requeue=True): kombu puts it at the queue's far end.
+        message = connection.default_channel.basic_get("checkins", no_ack=False)
+        assert message.headers["id"] == waiting[0].task_id
+        message.reject(requeue=True)
+    assert _queued_ids(broker_redis)[0] == waiting[0].task_id, "requeued at the far end"
+
+    swept = _sweeper(broker_redis, keys).sweep(now=time.time() + 60)
+    assert sorted(_queued_ids(broker_redis)) == sorted(item.task_id for item in waiting)
+    assert swept == 0
