@@ -1,14 +1,19 @@
 """The ledger sweeper: finds tasks that left their queue but no worker holds or finished, and
 enqueues them again with a fresh delivery tag.
 
-Ledger scores are enqueue times and only move forward with a new enqueue (a sweep or a Celery
-retry, both of which add the message at the queue's far end), so the queue stays in score order.
+Ledger scores are enqueue times and only move forward with a new enqueue at the queue's far end
+(a sweep, a Celery retry, or a worker's requeue, which taskhub's transport scores in the same
+transaction), so the queue stays in score order.
 
 kombu's Redis transport pops a task (BRPOP) and records it as unacked in a second round trip; a
 worker killed in between loses the task. Queues are FIFO, so a ledger entry older than the
 message at its queue's tail has left the queue; if kombu's unacked hash does not hold it either
 and it is not settled, it was lost. Guesses err toward enqueueing again: a copy that was not lost
 is absorbed by the task's idempotency.
+
+A pass reads at most `scan_limit` entries, from where the last pass stopped, so entries that
+cannot be judged yet (a backlog waiting in one queue) never hide a lost task of another for long.
+An entry for a queue that no route names is dead-lettered as `unknown_queue`.
 """
 
 from __future__ import annotations
@@ -31,9 +36,14 @@ log = logging.getLogger("taskhub.bridge.sweeper")
 KOMBU_UNACKED = "unacked"
 """kombu's hash of delivered, unacked messages by delivery tag (its default `unacked_key`)."""
 SWEEP_BATCH = 500
+"""Ledger entries read per round trip."""
+SCAN_LIMIT = 10 * SWEEP_BATCH
+"""Ledger entries one pass reads at most; the next pass goes on from there."""
 MAX_SWEEPS = 5
 """How often one task is enqueued again before it is dead-lettered as never completing."""
 LOCK_SECONDS = 30
+START = "-inf"
+"""The lowest ledger score: where a pass starts when the last one read to the end."""
 
 
 class Sweeper:
@@ -44,14 +54,19 @@ class Sweeper:
         queues: Sequence[str],
         grace: float,
         deadletter_stream: str,
+        scan_limit: int = SCAN_LIMIT,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.queues = tuple(queues)
         self.grace = grace
         self.deadletter_stream = deadletter_stream
+        self.scan_limit = scan_limit
         self.requeued = 0
         self.abandoned = 0
+        self.unknown = 0
+        self._resume_from = START
+        """The score bound the next pass starts from: the last pass's end, or the beginning."""
 
     def sweep(self, now: float | None = None) -> int:
         """One pass; returns how many tasks were enqueued again. Raises redis errors."""
@@ -64,14 +79,34 @@ class Sweeper:
             self.redis.delete(self.keys.sweep_lock)
 
     def _sweep(self, now: float) -> int:
-        found: list[Any] = self.redis.zrangebyscore(
-            self.keys.index, "-inf", now - self.grace, start=0, num=SWEEP_BATCH, withscores=True
-        )
-        if not found:
-            return 0
+        tails = {queue: self._tail_enqueued_at(queue) for queue in self.queues}
+        # Exclusive of `now - grace`: an entry enqueued again in this pass is not read again in it.
+        newest = f"({now - self.grace!r}"
+        resumed, self._resume_from = self._resume_from, START
+        # From where the last pass stopped to the newest entry old enough, then from the oldest
+        # entry back to that point: every entry is read in turn, however long the ledger.
+        segments = [(resumed, newest)]
+        if resumed != START:
+            segments.append((START, resumed.removeprefix("(")))
+        requeued, budget = 0, self.scan_limit
+        for low, high in segments:
+            while budget > 0:
+                page = min(SWEEP_BATCH, budget)
+                found: list[Any] = self.redis.zrangebyscore(
+                    self.keys.index, low, high, start=0, num=page, withscores=True
+                )
+                budget -= len(found)
+                if found:
+                    requeued += self._judge(found, tails, now)
+                    low = self._resume_from = f"({float(found[-1][1])!r}"
+                if len(found) < page:
+                    self._resume_from = START  # read to the end of this segment
+                    break
+        return requeued
+
+    def _judge(self, found: list[Any], tails: dict[str, float], now: float) -> int:
         candidates = [(_text(task_id), float(score)) for task_id, score in found]
         raws = self.redis.hmget(self.keys.entries, [task_id for task_id, _ in candidates])
-        tails = {queue: self._tail_enqueued_at(queue) for queue in self.queues}
         requeued = 0
         # Scores are enqueue times and never move back, so in score order, once an entry may
         # still be queued, so may every later one of that queue.
@@ -80,7 +115,16 @@ class Sweeper:
                 self.redis.zrem(self.keys.index, task_id)  # settled meanwhile
                 continue
             entry = LedgerEntry.decode(task_id, raw)
-            if enqueued_at >= tails.get(entry.queue, float("-inf")) or self._unacked(entry):
+            if entry.queue not in tails:
+                self._abandon(entry, _unknown_queue(entry))
+                self.unknown += 1
+                log.error(
+                    "task %s is on queue %s, which no route names: dead-lettered",
+                    entry.task_id,
+                    entry.queue,
+                )
+                continue
+            if enqueued_at >= tails[entry.queue] or self._unacked(entry):
                 continue  # maybe still queued, or a worker holds it
             requeued += self._enqueue_again(entry, now)
         return requeued
@@ -103,19 +147,16 @@ class Sweeper:
         return bool(self.redis.hexists(KOMBU_UNACKED, tag))
 
     def _enqueue_again(self, entry: LedgerEntry, now: float) -> int:
+        if entry.sweeps >= MAX_SWEEPS:
+            self._abandon(entry, _never_completed(entry))
+            self.abandoned += 1
+            log.error(
+                "task %s never completed after %d sweeps: dead-lettered",
+                entry.task_id,
+                entry.sweeps,
+            )
+            return 0
         with self.redis.pipeline(transaction=True) as pipe:
-            if entry.sweeps >= MAX_SWEEPS:
-                pipe.xadd(self.deadletter_stream, _never_completed(entry))  # type: ignore[arg-type]
-                pipe.hdel(self.keys.entries, entry.task_id)
-                pipe.zrem(self.keys.index, entry.task_id)
-                pipe.execute()
-                self.abandoned += 1
-                log.error(
-                    "task %s never completed after %d sweeps: dead-lettered",
-                    entry.task_id,
-                    entry.sweeps,
-                )
-                return 0
             message = json.loads(entry.body)
             # A fresh tag: two live copies under one tag would share kombu's unacked entry.
             message["properties"]["delivery_tag"] = str(uuid.uuid4())
@@ -135,6 +176,14 @@ class Sweeper:
         )
         return 1
 
+    def _abandon(self, entry: LedgerEntry, letter: dict[str, str]) -> None:
+        """Dead-letter `entry` and drop it from the ledger, in one transaction."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.deadletter_stream, letter)  # type: ignore[arg-type]
+            pipe.hdel(self.keys.entries, entry.task_id)
+            pipe.zrem(self.keys.index, entry.task_id)
+            pipe.execute()
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -146,6 +195,19 @@ def _never_completed(entry: LedgerEntry) -> dict[str, str]:
     letter = DeadLetter(
         Reason.NEVER_COMPLETED,
         f"task {entry.task_id} on {entry.queue} was lost or failed {entry.sweeps} times",
+        route=entry.queue,
+        task=FailedTask(task, entry.task_id, entry.queue, args, kwargs),
+    )
+    return letter.to_fields()
+
+
+def _unknown_queue(entry: LedgerEntry) -> dict[str, str]:
+    """A task letter for an entry whose queue no route names (a route removed or renamed)."""
+    task, args, kwargs = _call_in(entry.body)
+    letter = DeadLetter(
+        Reason.UNKNOWN_QUEUE,
+        f"task {entry.task_id} was enqueued on {entry.queue}, which no route names now; "
+        "it may still wait there, unread",
         route=entry.queue,
         task=FailedTask(task, entry.task_id, entry.queue, args, kwargs),
     )

@@ -40,6 +40,8 @@ class Reason(StrEnum):
     # A task failed or was refused.
     TASK_FAILED = "task_failed"
     NEVER_COMPLETED = "never_completed"
+    UNKNOWN_QUEUE = "unknown_queue"
+    """A ledger entry for a queue that no route names: no sweep can judge or requeue it."""
     CONTENT_DISALLOWED = "content_disallowed"
     UNKNOWN_TASK = "unknown_task"
     INVALID_TASK = "invalid_task"

@@ -74,3 +74,13 @@ def settle(pipe: Pipeline, keys: LedgerKeys, task_id: str) -> None:
     """Queue the removal of `task_id`'s entry on `pipe`: nothing more will be asked of it."""
     pipe.hdel(keys.entries, task_id)
     pipe.zrem(keys.index, task_id)
+
+
+def requeued(pipe: Pipeline, keys: LedgerKeys, task_id: str, now: float) -> None:
+    """Queue a new score for `task_id`, just put back at its queue's far end (a rejected task
+    requeued, a lost pool child's task given back), in the transaction that puts it there.
+
+    With its first score it would sit behind younger tasks, and the sweeper, which reads every
+    entry older than the queue's tail as gone from the queue, would take it for lost while it
+    waits. A settled task stays settled (XX)."""
+    pipe.zadd(keys.index, {task_id: now}, xx=True)

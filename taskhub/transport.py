@@ -12,6 +12,8 @@ channel, and tasks of a lost worker given back in gevent workers too.
   poll finds nothing to read. But BRPOP's own one-second timeout always gives the poll something
   to read, so such a worker never gives a dead worker's tasks back. This transport looks every
   `unacked_restore_interval` seconds, as kombu's event-loop path does.
+- A task requeued at its queue's far end (a `Reject(requeue=True)`, a lost pool child) gets a new
+  ledger score in the same transaction, so the bridge's sweeper never takes it for lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from redis.client import Pipeline
+
+from taskhub.ledger import LedgerKeys, requeued
+from taskhub.settings import get_settings
 
 POOL_WAIT_SECONDS = 30.0
 """How long an ack or publish waits for a free connection before it fails."""
@@ -46,6 +52,22 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:  # a new pool after a loss
             client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client
+
+    def _do_restore_message(
+        self,
+        payload: Any,
+        exchange: Any,
+        routing_key: Any,
+        pipe: Pipeline,
+        leftmost: bool = False,
+    ) -> None:
+        """Put a message back and, when it goes to the far end (LPUSH: a requeue, where a
+        visibility-timeout restore goes to the near end), move its ledger score with it."""
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[no-untyped-call]
+        task_id = (payload.get("headers") or {}).get("id") if isinstance(payload, dict) else None
+        if leftmost and task_id:
+            keys = LedgerKeys.for_prefix(get_settings().key_prefix)
+            requeued(pipe, keys, str(task_id), time.time())
 
 
 class Transport(kombu_redis.Transport):

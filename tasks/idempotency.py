@@ -16,9 +16,8 @@ import redis
 from celery.exceptions import Reject
 from redis.client import Pipeline
 
-from taskhub.ledger import settle
 from taskhub.settings import get_settings
-from tasks.ledger import ledger_keys
+from tasks.ledger import settle_after_commit, settle_in_commit
 from tasks.store import store_redis
 
 Writes = Callable[[Pipeline], object]
@@ -53,8 +52,9 @@ def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, A
     """Count a duplicate, settle its ledger entry, and return the result it duplicates."""
     with store_redis().pipeline() as pipe:
         pipe.hincrby(duplicates_key(), task_name, 1)
-        settle(pipe, ledger_keys(), task_id)
+        settle_in_commit(pipe, task_id)
         pipe.execute()
+    settle_after_commit(task_id)
     result = previous_result(identity)
     if result is None:  # the marker expired between our two reads: the window was too short
         raise RuntimeError(
@@ -66,8 +66,9 @@ def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, A
 def commit_once(
     identity: str, result: dict[str, Any], writes: Writes, task_id: str | None = None
 ) -> bool:
-    """Apply `writes`, mark `identity` done and settle `task_id` in the ledger, atomically;
-    False if another copy did first.
+    """Apply `writes` and mark `identity` done, atomically, then settle `task_id` in the ledger
+    (in the same transaction when the ledger shares the store's Redis); False if another copy
+    committed first.
     """
     return commit_planned(identity, lambda _pipe: (result, writes), (), task_id) is not None
 
@@ -92,9 +93,9 @@ def commit_planned(
                 writes(pipe)
                 pipe.set(key, json.dumps(result), ex=window)
                 if task_id:
-                    settle(pipe, ledger_keys(), task_id)
+                    settle_in_commit(pipe, task_id)
                 pipe.execute()
-                return result
+                break
             except redis.WatchError:
                 if store_redis().exists(key):
                     return None
@@ -105,7 +106,11 @@ def commit_planned(
                     # check-in so).
                     raise redis.ConnectionError(f"lost Redis while committing {identity}") from None
                 # A watched key moved (or the connection dropped: the next WATCH finds out).
-    raise CommitContended(f"{identity}: {', '.join(watch)} kept changing while it committed")
+    else:
+        raise CommitContended(f"{identity}: {', '.join(watch)} kept changing while it committed")
+    if task_id:
+        settle_after_commit(task_id)
+    return result
 
 
 def run_once(

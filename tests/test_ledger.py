@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,18 +13,22 @@ from celery.contrib.testing.worker import start_worker
 from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
-from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, Sweeper
+from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, SCAN_LIMIT, SWEEP_BATCH, Sweeper
+from taskhub.deadletters import stream_key
 from taskhub.demo.standin import StandinServer
-from taskhub.ledger import LedgerKeys
+from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
-from tests.conftest import checkin_tweet
+from tests.conftest import checkin_tweet, stored_checkins
+from tests.support.processes import start_worker as start_worker_process
+from tests.support.processes import wait_for
+from tests.support.servers import RedisServer
 
 TASK = "tasks.checkins.resolve_checkin"
 
 
-def _outbound(tweet_id: str) -> Outbound:
+def _outbound(tweet_id: str, queue: str = "checkins") -> Outbound:
     tweet = checkin_tweet(tweet_id, "Ledg" + tweet_id[-3:])
-    call = TaskCall(TASK, deterministic_task_id(TASK, tweet_id), "checkins", (tweet,), {})
+    call = TaskCall(TASK, deterministic_task_id(TASK, tweet_id), queue, (tweet,), {})
     return Outbound.task(call, MessageBuilder())
 
 
@@ -155,3 +160,125 @@ def test_a_foreign_message_at_the_tail_makes_the_sweep_judge_nothing(
     broker_redis.rpop("checkins")  # lost...
     broker_redis.rpush("checkins", b"\x80\x04not json")  # ...behind something unreadable
     assert _sweeper(broker_redis, keys).sweep(now=time.time() + 60) == 0
+
+
+def test_with_the_store_on_another_redis_every_task_settles_once_and_nothing_is_swept(
+    broker_redis: redis.Redis,
+    publisher: RedisPublisher,
+    keys: LedgerKeys,
+    private_redis: RedisServer,
+    standin: StandinServer,
+    log_dir: Path,
+) -> None:
+    from tasks.checkins import resolved_stream
+    from tasks.idempotency import duplicates_key
+
+    store = redis.Redis.from_url(private_redis.url)
+    tweet_ids = [str(860 + n) for n in range(3)]
+    publisher.land([_outbound(tweet_id) for tweet_id in tweet_ids])
+    worker = start_worker_process(
+        "store-elsewhere", log_dir, {"TASKHUB_STORE_URL": private_redis.url}
+    )
+    try:
+        wait_for(lambda: stored_checkins(store, tweet_ids) == 3, 30, "3 check-ins in the store")
+        wait_for(lambda: broker_redis.zcard(keys.index) == 0, 30, "the ledger settled")
+        # Delivered again, as after a crash between the store's commit and the ledger's settle.
+        publisher.land([_outbound(tweet_ids[0])])
+        wait_for(
+            lambda: (
+                int(store.hget(duplicates_key(), TASK) or 0) == 1
+                and broker_redis.zcard(keys.index) == 0
+            ),
+            30,
+            "the copy absorbed and its entry settled",
+        )
+    finally:
+        worker.kill()
+    assert broker_redis.hlen(keys.entries) == 0
+    assert _sweeper(broker_redis, keys).sweep(now=time.time() + 3600) == 0
+    assert broker_redis.xlen(stream_key(get_settings().key_prefix)) == 0, "no dead letters"
+    assert store.xlen(resolved_stream()) == 3, "each effect once"
+    assert stored_checkins(broker_redis, tweet_ids) == 0, "effects only in the store"
+
+
+def _queued_ids(client: redis.Redis) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange("checkins", 0, -1)]
+
+
+def test_a_task_a_worker_requeued_is_not_enqueued_again_while_it_waits(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    from taskhub.celery import app
+
+    waiting = [_outbound(str(870 + n)) for n in range(5)]
+    publisher.land(waiting)
+    with app.connection_for_read() as connection:
+        # What a worker does with Reject(requeue=True): kombu puts it at the queue's far end.
+        message = connection.default_channel.basic_get("checkins", no_ack=False)
+        assert message.headers["id"] == waiting[0].task_id
+        message.reject(requeue=True)
+    assert _queued_ids(broker_redis)[0] == waiting[0].task_id, "requeued at the far end"
+
+    swept = _sweeper(broker_redis, keys).sweep(now=time.time() + 60)
+    assert sorted(_queued_ids(broker_redis)) == sorted(item.task_id for item in waiting)
+    assert swept == 0
+
+
+def test_entries_of_a_queue_no_route_names_are_dead_lettered_and_hide_no_lost_task(
+    broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
+) -> None:
+    retired = [_outbound(str(10_000 + n), queue="retired") for n in range(SWEEP_BATCH)]
+    with broker_redis.pipeline() as pipe:  # recorded while a route still named "retired"
+        entries = [LedgerEntry(item.task_id, "retired", item.body) for item in retired]
+        record(pipe, keys, entries, now=time.time() - 600)
+        pipe.execute()
+    lost = _outbound("880")
+    publisher.land([lost])
+    broker_redis.rpop("checkins")
+
+    assert _sweeper(broker_redis, keys).sweep(now=time.time() + 60) == 1
+    assert _queued_ids(broker_redis) == [lost.task_id]
+    letters = broker_redis.xrange("dead") or []
+    assert {(fields or {}).get(b"reason") for _, fields in letters} == {b"unknown_queue"}
+    assert len(letters) == SWEEP_BATCH
+    assert broker_redis.zrange(keys.index, 0, -1) == [lost.task_id.encode()]
+
+
+def _two_queues(keys: LedgerKeys, scan_limit: int = SCAN_LIMIT) -> tuple[RedisPublisher, Sweeper]:
+    url = get_settings().broker_url.get_secret_value()
+    queues = ["checkins", "sensors"]
+    sweeper = Sweeper(
+        redis.Redis.from_url(url), keys, queues, 0, deadletter_stream="dead", scan_limit=scan_limit
+    )
+    return RedisPublisher(url, queues, keys), sweeper
+
+
+def test_a_window_full_of_one_queues_backlog_hides_no_lost_task_of_another(
+    broker_redis: redis.Redis, keys: LedgerKeys
+) -> None:
+    publisher, sweeper = _two_queues(keys)
+    backlog = [_outbound(str(20_000 + n), queue="sensors") for n in range(SWEEP_BATCH + 100)]
+    publisher.land(backlog)  # waiting for a slow worker
+    lost = _outbound("951")
+    publisher.land([lost])
+    broker_redis.rpop("checkins")
+
+    assert sweeper.sweep(now=time.time() + 60) == 1
+    assert _queued_ids(broker_redis) == [lost.task_id]
+    assert broker_redis.llen("sensors") == len(backlog)
+
+
+def test_each_pass_reads_on_from_where_the_last_one_stopped(
+    broker_redis: redis.Redis, keys: LedgerKeys
+) -> None:
+    publisher, sweeper = _two_queues(keys, scan_limit=10)
+    publisher.land([_outbound(str(890 + n), queue="sensors") for n in range(25)])  # waiting
+    lost = _outbound("950")
+    publisher.land([lost])
+    broker_redis.rpop("checkins")
+
+    passes = [sweeper.sweep(now=time.time() + 60) for _ in range(3)]
+    assert passes == [0, 0, 1], "26 entries, 10 read a pass: the third pass reaches the lost one"
+    assert _queued_ids(broker_redis) == [lost.task_id]
+    assert broker_redis.llen("sensors") == 25
+    assert [sweeper.sweep(now=time.time() + 60) for _ in range(3)] == [0, 0, 0]
