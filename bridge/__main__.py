@@ -15,7 +15,7 @@ from bridge.messages import MessageBuilder
 from bridge.publisher import RedisPublisher
 from bridge.service import Bridge
 from bridge.source import MqttSource
-from bridge.spool import Spool
+from bridge.spool import Spool, SpoolUnusable
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
 from taskhub.deadletters import stream_key
@@ -53,7 +53,16 @@ def build_bridge(settings: Settings) -> Bridge:
         grace=settings.tasks.time_limit + settings.tasks.retry_backoff_max,
         deadletter_stream=stream_key(settings.key_prefix),
     )
-    spool = Spool(bridge_settings.spool_path(settings.mqtt.client_id), bridge_settings.spool_max)
+    try:
+        spool = Spool(
+            bridge_settings.spool_path(settings.mqtt.client_id), bridge_settings.spool_max
+        )
+    except SpoolUnusable as error:
+        raise SystemExit(
+            f"taskhub: bad configuration: {error}; set TASKHUB_BRIDGE__SPOOL_DIR to a writable "
+            "directory, or move a damaged spool file aside (`sqlite3 FILE .recover` saves what it "
+            "holds)"
+        ) from None
     delivery = Delivery(
         publisher,
         spool,

@@ -13,7 +13,7 @@ from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.outbound import Outbound
 from bridge.publisher import PublishFailed, RedisPublisher
-from bridge.spool import Spool, SpoolFull
+from bridge.spool import Spool, SpoolFailed, SpoolFull
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -43,6 +43,10 @@ class Delivery:
         self.redis_backoff = redis_backoff
         self._redis_down_since: float | None = None
         self.replayed = 0
+        self.held_because = ""
+        """Why the last batch was held: the spool full, or the disk refusing it."""
+        self.spool_backoff = Backoff(redis_backoff.min_delay, redis_backoff.max_delay)
+        self._spool_failure: str | None = None
 
     @property
     def redis_due(self) -> bool:
@@ -55,19 +59,31 @@ class Delivery:
         try:
             self.spool.append(items)
         except SpoolFull:
+            self.held_because = f"the spool is full ({len(self.spool)} messages)"
             return [Outcome.HELD] * len(items)
+        except SpoolFailed as error:
+            self._spool_failed(error)
+            self.held_because = f"the spool cannot be written ({error})"
+            return [Outcome.HELD] * len(items)
+        self._spool_recovered()
         return [Outcome.SPOOLED] * len(items)
 
     def replay(self) -> None:
         """Move the oldest spooled items to Redis, if Redis is due for another try."""
-        if not len(self.spool) or not self.redis_due:
+        if not len(self.spool) or not self.redis_due or not self.spool_backoff.ready():
             return
-        last_seq, items = self.spool.oldest(REPLAY_CHUNK)
-        if self._try_land(items):
-            self.spool.remove_through(last_seq)
-            self.replayed += len(items)
-            if not len(self.spool):
-                log.info("spool drained: %d messages replayed into redis", self.replayed)
+        try:
+            last_seq, items = self.spool.oldest(REPLAY_CHUNK)
+            if self._try_land(items):
+                # A failure here replays the chunk again later: duplicates, absorbed downstream.
+                self.spool.remove_through(last_seq)
+                self.replayed += len(items)
+                if not len(self.spool):
+                    log.info("spool drained: %d messages replayed into redis", self.replayed)
+        except SpoolFailed as error:
+            self._spool_failed(error)
+            return
+        self._spool_recovered()
 
     def poll_depths(self) -> None:
         """Refresh backpressure while paused (nothing is being landed to report depths)."""
@@ -90,6 +106,18 @@ class Delivery:
         self.redis_backoff.succeeded()
         self.backpressure.observe(depths)
         return True
+
+    def _spool_failed(self, error: SpoolFailed) -> None:
+        if self._spool_failure is None:
+            log.error("%s: holding messages unacked until the disk takes writes again", error)
+        self._spool_failure = str(error)
+        self.spool_backoff.failed()
+
+    def _spool_recovered(self) -> None:
+        if self._spool_failure is not None:
+            log.info("the spool %s takes writes again", self.spool.path)
+            self._spool_failure = None
+        self.spool_backoff.succeeded()
 
     def _redis_failed(self, error: PublishFailed) -> None:
         if self._redis_down_since is None:

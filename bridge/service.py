@@ -194,9 +194,8 @@ class Bridge:
         """Neither Redis nor the spool took the batch: keep it unacked and try again later."""
         if not self._hold.failures:
             log.error(
-                "redis is down and the spool is full (%d messages): holding %d unacked messages; "
-                "the mqtt broker keeps the rest",
-                len(self.delivery.spool),
+                "redis is down and %s: holding %d unacked messages; the mqtt broker keeps the rest",
+                self.delivery.held_because,
                 len(self.pending),
             )
         self._hold.failed()

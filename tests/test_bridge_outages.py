@@ -146,3 +146,40 @@ def test_a_full_spool_stops_the_acks_and_the_broker_keeps_the_rest(
         queue.close()
         exit_code = bridge.terminate()
     assert exit_code == 0
+
+
+SPOOL_FILE_LIMIT_BYTES = 96 * 1024
+"""A file-size limit (RLIMIT_FSIZE) on the bridge: its spool's writes fail as on a full disk."""
+
+
+def test_a_spool_the_disk_refuses_holds_messages_unacked_and_loses_none(
+    private_redis: RedisServer, log_dir: Path
+) -> None:
+    client_id = f"{get_settings().mqtt.client_id}-diskfull"
+    total = 300
+    bridge = Process(
+        "bridge",
+        ["prlimit", f"--fsize={SPOOL_FILE_LIMIT_BYTES}", *python_module("bridge")],
+        log_dir,
+        {
+            "TASKHUB_BROKER_URL": private_redis.url,
+            "TASKHUB_MQTT__CLIENT_ID": client_id,
+            "TASKHUB_BRIDGE__BATCH_SIZE": "10",
+        },
+    ).start()
+    queue = redis.Redis.from_url(private_redis.url)
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        private_redis.kill()
+        publish_checkins(total, id_base=77_000)
+        bridge.wait_output("the spool cannot be written", TIMEOUT)
+        assert bridge.popen is not None
+        assert bridge.popen.poll() is None, "the bridge died"
+
+        private_redis.start()
+        wait_for(lambda: len(set(_task_ids(queue))) == total, TIMEOUT, f"all {total} tasks")
+    finally:
+        queue.close()
+        exit_code = bridge.terminate()
+    assert exit_code == 0
+    assert "Traceback" not in bridge.output()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.outbound import Kind, Outbound
-from bridge.spool import Spool, SpoolFull
+from bridge.spool import Spool, SpoolFailed, SpoolFull
 
 
 def _items(start: int, count: int) -> list[Outbound]:
@@ -44,3 +44,17 @@ def test_the_spool_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     db = spool._db
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_a_disk_that_refuses_a_write_leaves_the_spool_as_it_was(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_messages=10_000)
+    spool.append(_items(0, 2))
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
+    with pytest.raises(SpoolFailed, match="full"):
+        spool.append([Outbound(Kind.TASK, "checkins", "x" * 100_000)])
+    assert len(spool) == 2
+    assert spool.oldest(10)[1] == _items(0, 2)
+    spool._db.execute("PRAGMA max_page_count=1073741823")
+    spool.append(_items(2, 1))  # the disk takes writes again: so does the spool
+    assert spool.oldest(10)[1] == _items(0, 3)

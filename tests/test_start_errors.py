@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,30 @@ def test_an_impossible_setting_is_refused_in_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("taskhub: bad configuration:")
     assert complaint in lines[0]
+
+
+def test_a_spool_dir_that_is_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    done = _start(python_module("bridge"), {"TASKHUB_BRIDGE__SPOOL_DIR": str(not_a_directory)})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("taskhub: bad configuration: the spool ")
+    assert "set TASKHUB_BRIDGE__SPOOL_DIR to a writable directory" in lines[0]
+
+
+def test_a_damaged_spool_file_is_refused_in_one_line_and_left_in_place(tmp_path: Path) -> None:
+    client_id = "damaged-spool"
+    spool = tmp_path / f"{client_id}.sqlite3"
+    spool.write_bytes(b"this was a spool once" * 100)
+    done = _start(
+        python_module("bridge"),
+        {"TASKHUB_BRIDGE__SPOOL_DIR": str(tmp_path), "TASKHUB_MQTT__CLIENT_ID": client_id},
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "file is not a database" in lines[0]
+    assert "move a damaged spool file aside" in lines[0]
+    assert spool.read_bytes() == b"this was a spool once" * 100
