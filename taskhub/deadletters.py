@@ -40,6 +40,7 @@ class Reason(StrEnum):
     # A task failed or was refused.
     TASK_FAILED = "task_failed"
     NEVER_COMPLETED = "never_completed"
+    WORKER_LOST = "worker_lost"
     CONTENT_DISALLOWED = "content_disallowed"
     UNKNOWN_TASK = "unknown_task"
     INVALID_TASK = "invalid_task"
