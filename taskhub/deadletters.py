@@ -42,6 +42,8 @@ class Reason(StrEnum):
     NEVER_COMPLETED = "never_completed"
     UNKNOWN_QUEUE = "unknown_queue"
     """A ledger entry for a queue that no route names: no sweep can judge or requeue it."""
+    WORKER_LOST = "worker_lost"
+    """A task whose runs killed their worker too often: it is not run again."""
     CONTENT_DISALLOWED = "content_disallowed"
     UNKNOWN_TASK = "unknown_task"
     INVALID_TASK = "invalid_task"

@@ -214,6 +214,9 @@ class TaskSettings(_Block):
     result_expires: Seconds = 86_400.0
     result_ttl: Seconds = 7 * 86_400.0
     """How long a task's stored effect (e.g. a resolved check-in) is kept in Redis."""
+    max_worker_losses: int = Field(3, ge=1)
+    """How many times one task (per retry) may lose the worker running it, a pool child or a
+    whole worker dying mid-run, before its next delivery is dead-lettered as `worker_lost`."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:

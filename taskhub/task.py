@@ -1,5 +1,5 @@
 """The base of every taskhub task: a soft time limit that holds in a gevent worker, a task killed
-by a stopping gevent worker given back, and deferral.
+by a stopping gevent worker given back, deferral, and a cap on the workers one task may kill.
 
 Celery enforces `soft_time_limit` with a signal in prefork children only; in a gevent pool it is
 silently ignored. Here a gevent.Timeout raises the same SoftTimeLimitExceeded in the task's own
@@ -18,6 +18,7 @@ from celery.worker import state as worker_state
 
 from taskhub.deferral import Deferred, defer, not_before
 from taskhub.worker import is_green
+from taskhub.worker_losses import counted_run
 
 EARLY_WAKE_TOLERANCE = 0.5
 """A task woken this many seconds before it is due runs anyway (timers are not exact)."""
@@ -25,7 +26,8 @@ EARLY_WAKE_TOLERANCE = 0.5
 
 class Task(celery.Task):  # type: ignore[misc]
     """Runs the task under its own soft time limit in gevent workers, puts it off again when it
-    woke up before its time, and turns `Deferred` into a deferral that spends no retry."""
+    woke up before its time, turns `Deferred` into a deferral that spends no retry, and
+    dead-letters a task whose runs keep killing their worker (taskhub/worker_losses.py)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:
@@ -33,19 +35,19 @@ class Task(celery.Task):  # type: ignore[misc]
         due = not_before(self)
         if due is not None and due - time.time() > EARLY_WAKE_TOLERANCE:
             defer(self, due - time.time(), "not due yet")
-        try:
-            if is_green():
-                if (
-                    worker_state.should_stop is not None
-                    or worker_state.should_terminate is not None
-                ):
-                    # Taken in the last moments of a shutdown (a task given back is received
-                    # again before the consumer stops): give it back before it starts.
-                    raise Reject("the worker is stopping", requeue=True)
-                return self._run_with_green_deadline(args, kwargs)
-            return self.run(*args, **kwargs)
-        except Deferred as deferred:
-            defer(self, deferred.seconds, deferred.reason)
+        if is_green() and (
+            worker_state.should_stop is not None or worker_state.should_terminate is not None
+        ):
+            # Taken in the last moments of a shutdown (a task given back is received again
+            # before the consumer stops): give it back before it starts.
+            raise Reject("the worker is stopping", requeue=True)
+        with counted_run(self, args, kwargs):
+            try:
+                if is_green():
+                    return self._run_with_green_deadline(args, kwargs)
+                return self.run(*args, **kwargs)
+            except Deferred as deferred:
+                defer(self, deferred.seconds, deferred.reason)
 
     def soft_limit(self) -> float | None:
         """This run's soft time limit: the message's, the task's, or the configured one."""

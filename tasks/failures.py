@@ -14,10 +14,12 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import task_failure
 
 from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
 from taskhub.settings import get_settings
+from taskhub.worker_losses import WorkerLostTooOften
 from tasks.ledger import INFRASTRUCTURE_ERRORS
 
 log = logging.getLogger("taskhub.worker")
@@ -89,13 +91,18 @@ def record_failed_task(
     **_: Any,
 ) -> None:
     """Dead-letter a task that failed for good; one that failed because Redis was away is not
-    failed (the ledger sweeper enqueues it again)."""
+    failed (the ledger sweeper enqueues it again), and one refused for killing its workers has
+    its `worker_lost` letter already."""
     if sender is None or task_id is None or exception is None:
         return
-    if isinstance(exception, INFRASTRUCTURE_ERRORS):
+    if isinstance(exception, INFRASTRUCTURE_ERRORS) or _lost_too_many_workers(exception):
         return
     letter = failed_task_letter(sender, task_id, exception, args, kwargs)
     try:
         deadletter_store().add(letter)
     except redis.RedisError as error:
         log.error("task %s failed and could not be dead-lettered: %s", task_id, error)
+
+
+def _lost_too_many_workers(exception: BaseException) -> bool:
+    return isinstance(exception, Reject) and isinstance(exception.reason, WorkerLostTooOften)

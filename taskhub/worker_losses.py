@@ -1,0 +1,136 @@
+"""The worker-loss cap: a task whose runs keep killing the worker running them is dead-lettered as
+`worker_lost` at its next delivery, instead of being given back forever.
+
+`task_reject_on_worker_lost` requeues the task of a prefork child that died, and a whole worker's
+unacked tasks come back after the visibility timeout: right for a worker killed by chance, an
+endless loop for a task that kills whatever runs it (a segfault, the OOM killer). So every start
+is counted in Redis before the task's body runs, per task id and retry, and the count is cleared
+when the run ends in any way its worker saw; a count left standing is a run that took its worker
+with it. A start that finds more than `TASKHUB_TASKS__MAX_WORKER_LOSSES` of them dead-letters the
+task, settles its ledger entry and acks it, without running it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import Reject
+
+from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub.ledger import LedgerKeys, settle
+from taskhub.settings import get_settings
+from taskhub.worker import shape
+
+log = logging.getLogger("taskhub.worker")
+
+LOSS_MEMORY_SECONDS = 86_400
+"""A task's count is kept this long after its last start (at least twice the visibility timeout,
+which bounds how soon a lost worker's task comes back). One that comes back later starts counting
+again: that errs toward running it, never toward losing it."""
+POOL_WAIT_SECONDS = 10.0
+"""How long a start waits for a free Redis connection before its task is given back."""
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class WorkerLostTooOften(Exception):
+    """Why a task was rejected without running: its earlier runs killed their worker. Carried in
+    Celery's `Reject`, so the task shows as FAILURE with this reason."""
+
+
+def losses_key(key_prefix: str, task_id: str, retries: int) -> str:
+    """The count of one delivery chain: a retry is a new run with its own count, so a task that
+    fails and retries is never mistaken for one that kills its worker."""
+    return f"{key_prefix}:worker_losses:{task_id}:{retries}"
+
+
+@functools.cache
+def _redis_for(pid: int) -> redis.Redis:
+    # Sized like the effect store's pool: a gevent worker counts every one of its tasks at once.
+    pool = redis.BlockingConnectionPool.from_url(
+        get_settings().broker_url.get_secret_value(),
+        max_connections=shape().connections,
+        timeout=POOL_WAIT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def broker_redis() -> redis.Redis:
+    """This process's client for the broker's Redis, where the queues, the ledger and the dead
+    letters are (pool children each get their own)."""
+    return _redis_for(os.getpid())
+
+
+@contextmanager
+def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
+    """Count this start of `task`, run the body inside the block, and clear the count at its end.
+
+    A start past the cap writes the task's `worker_lost` letter and raises `Reject` (no requeue),
+    which acks it. Without Redis the start cannot be counted: the task is given back unrun.
+    """
+    settings = get_settings()
+    request = task.request
+    key = losses_key(settings.key_prefix, str(request.id), int(request.retries or 0))
+    memory = max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))
+    client = broker_redis()
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, memory)
+            starts, _ = pipe.execute()
+        losses = int(starts) - 1  # the earlier starts that never ended
+        refused = losses >= settings.tasks.max_worker_losses
+        if refused:
+            _dead_letter(client, task, key, losses, args, kwargs)
+    except REDIS_ERRORS as error:
+        raise Reject(error, requeue=True) from error
+    if refused:
+        raise Reject(WorkerLostTooOften(_detail(losses)), requeue=False)
+    try:
+        yield
+    finally:
+        try:
+            client.delete(key)
+        except REDIS_ERRORS as error:  # counted as a loss at most; the key expires
+            log.warning("task %s: worker-loss count not cleared: %s", request.id, error)
+
+
+def _detail(losses: int) -> str:
+    return f"its worker was lost {losses} times while running it (a pool child or worker died)"
+
+
+def _dead_letter(
+    client: redis.Redis, task: Task, key: str, losses: int, args: Any, kwargs: Any
+) -> None:
+    """The letter, the ledger entry settled and the count removed, in one transaction: a replay
+    of the letter keeps the task id, and must start with no losses."""
+    settings = get_settings()
+    request = task.request
+    queue = str((request.delivery_info or {}).get("routing_key") or "")
+    letter = DeadLetter(
+        Reason.WORKER_LOST,
+        _detail(losses),
+        route=queue or None,
+        task=FailedTask(
+            name=task.name,
+            task_id=str(request.id),
+            queue=queue,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            exception=f"{__name__}.{WorkerLostTooOften.__qualname__}",
+            retries=int(request.retries or 0),
+        ),
+    )
+    store = DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
+    with client.pipeline(transaction=True) as pipe:
+        store.add_to(pipe, letter)
+        settle(pipe, LedgerKeys.for_prefix(settings.key_prefix), str(request.id))
+        pipe.delete(key)
+        pipe.execute()
+    log.error("task %s[%s] dead-lettered as worker_lost: %s", task.name, request.id, letter.detail)

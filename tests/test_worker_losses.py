@@ -1,0 +1,209 @@
+"""A task that kills the worker running it runs at most TASKHUB_TASKS__MAX_WORKER_LOSSES times; its
+next delivery is dead-lettered as `worker_lost` and acked. Retries and runs that end are no losses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+from bridge.outbound import Outbound
+from bridge.publisher import RedisPublisher
+from bridge.sweeper import KOMBU_UNACKED
+from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.ledger import LedgerKeys
+from taskhub.settings import get_settings
+from tests.support.poison_routes import POISON_QUEUE
+from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
+from tests.support.processes import WORKER_READY, Process, celery, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MAX_LOSSES = 2
+"""The cap in these tests (the default is 3): each loss of a whole gevent worker costs a restart
+and a visibility timeout."""
+TIME_LIMIT = 10
+"""Longer than a prefork pool takes to notice its child died (at 2 s the hard limit came first)."""
+VISIBILITY = TIME_LIMIT + 2
+"""Seconds before a dead gevent worker's task comes back: as short as the settings allow."""
+WORKER_ARGS = {"prefork": ("-P", "prefork", "-c", "1"), "gevent": ("-P", "gevent", "-c", "4")}
+KILL = "tests.support.poison_tasks.kill_own_worker"
+RETRY = "tests.support.poison_tasks.retry_then_succeed"
+KOMBU_UNACKED_INDEX = KOMBU_UNACKED + "_index"
+ROUND_TIMEOUT = VISIBILITY + 60
+"""A lost task comes back within the visibility timeout plus a sweep, or 30 s more when the dead
+worker held kombu's sweep lock; the rest is margin for a worker's start on a busy machine."""
+
+
+@pytest.fixture(params=sorted(WORKER_ARGS))
+def pool(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def worker_env() -> dict[str, str]:
+    return {
+        "TASKHUB_ROUTES": "tests.support.poison_routes:ROUTES",
+        "TASKHUB_TASKS__MAX_WORKER_LOSSES": str(MAX_LOSSES),
+        "TASKHUB_TASKS__SOFT_TIME_LIMIT": str(TIME_LIMIT - 1),
+        "TASKHUB_TASKS__TIME_LIMIT": str(TIME_LIMIT),
+        "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "1",
+        "TASKHUB_TASKS__VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "TASKHUB_TASKS__UNACKED_RESTORE_INTERVAL": "1",
+        "REMAP_SIGTERM": "SIGQUIT",
+    }
+
+
+@pytest.fixture
+def poison_worker(
+    log_dir: Path, worker_env: dict[str, str], pool: str, broker_redis: redis.Redis
+) -> Iterator[Process]:
+    argv = celery(
+        "worker",
+        *WORKER_ARGS[pool],
+        "-Q",
+        POISON_QUEUE,
+        "--loglevel=INFO",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"poison-{pool}-{os.getpid()}@%h",
+    )
+    process = Process(f"poison-{pool}", argv, log_dir, worker_env).start()
+    try:
+        process.wait_output(WORKER_READY, timeout=60)
+        yield process
+    finally:
+        process.kill()
+
+
+def _enqueue(task: str, identity: str, dose: dict[str, int]) -> str:
+    """Land the task as the bridge does: on its queue and in the ledger, in one transaction."""
+    settings = get_settings()
+    keys = LedgerKeys.for_prefix(settings.key_prefix)
+    publisher = RedisPublisher(settings.broker_url.get_secret_value(), [POISON_QUEUE], keys)
+    task_id = deterministic_task_id(task, identity)
+    call = TaskCall(task, task_id, POISON_QUEUE, (dose,), {})
+    publisher.land([Outbound.task(call, MessageBuilder())])
+    return task_id
+
+
+def _letters(client: redis.Redis) -> list[DeadLetter]:
+    return list(DeadLetterStore(client, get_settings().key_prefix).scan())
+
+
+def _runs(client: redis.Redis, task_id: str) -> list[str]:
+    """The pid of each process that ran the task, in order."""
+    return [_text(pid) for pid in client.lrange(runs_key(task_id), 0, -1)]
+
+
+def _status(client: redis.Redis, task_id: str) -> str:
+    meta = client.get(f"celery-task-meta-{task_id}")
+    return str(json.loads(meta)["status"]) if meta else "PENDING"
+
+
+def _loss_counts(client: redis.Redis) -> list[str]:
+    return [_text(key) for key in client.keys(f"{get_settings().key_prefix}:worker_losses:*")]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _supervise(worker: Process, done: Callable[[], bool], restart_limit: int) -> int:
+    """Restart `worker` whenever it dies, as systemd or Kubernetes would, until `done()`;
+    returns how many restarts that took."""
+    restarts = 0
+    while True:
+        wait_for(
+            lambda: done() or worker.popen is None or worker.popen.poll() is not None,
+            ROUND_TIMEOUT,
+            "the worker to die or the task to be settled",
+        )
+        if done():
+            return restarts
+        assert restarts < restart_limit, f"the task killed its worker {restarts + 1} times"
+        worker.start()
+        worker.wait_output(WORKER_READY, timeout=60)
+        restarts += 1
+
+
+def test_a_task_that_kills_its_worker_is_dead_lettered_as_worker_lost_after_the_cap(
+    broker_redis: redis.Redis, poison_worker: Process, pool: str
+) -> None:
+    task_id = _enqueue(KILL, f"kill-{pool}", {})
+
+    def settled() -> bool:
+        return bool(_letters(broker_redis)) or len(_runs(broker_redis, task_id)) > MAX_LOSSES
+
+    restarts = _supervise(poison_worker, settled, restart_limit=MAX_LOSSES + 1)
+
+    runs = _runs(broker_redis, task_id)
+    assert len(runs) == MAX_LOSSES, f"the task ran {len(runs)} times"
+    assert len(set(runs)) == MAX_LOSSES, "each run is in a process of its own, killed by it"
+    assert restarts == (MAX_LOSSES if pool == "gevent" else 0)
+    deliveries = poison_worker.output().count(f"[{task_id}] received")
+    assert deliveries == MAX_LOSSES + 1
+    (letter,) = _letters(broker_redis)
+    assert letter.reason is Reason.WORKER_LOST
+    assert letter.task is not None
+    assert (letter.task.name, letter.task.task_id, letter.task.queue) == (KILL, task_id, "poison")
+    assert letter.task.args == [{}]
+    assert f"lost {MAX_LOSSES} times" in letter.detail
+
+    def acked() -> bool:
+        return (
+            broker_redis.llen(POISON_QUEUE) == 0
+            and broker_redis.hlen(KOMBU_UNACKED) == 0
+            and broker_redis.zcard(KOMBU_UNACKED_INDEX) == 0
+        )
+
+    wait_for(acked, 30, "the dead-lettered task acked, its queue empty")
+    assert _status(broker_redis, task_id) == "FAILURE"
+    keys = LedgerKeys.for_prefix(get_settings().key_prefix)
+    assert broker_redis.zscore(keys.index, task_id) is None, "its ledger entry is settled"
+    assert _loss_counts(broker_redis) == []
+    assert poison_worker.popen is not None
+    assert poison_worker.popen.poll() is None, "the worker outlived the task"
+
+
+@pytest.mark.parametrize("pool", ["prefork"])
+def test_a_task_retried_more_often_than_the_cap_is_no_worker_loss(
+    broker_redis: redis.Redis, poison_worker: Process
+) -> None:
+    retries = MAX_LOSSES + 2
+    task_id = _enqueue(RETRY, "retry", {"retries": retries})
+
+    wait_for(lambda: _status(broker_redis, task_id) == "SUCCESS", 60, "the retried task to succeed")
+    assert len(_runs(broker_redis, task_id)) == retries + 1
+    assert _letters(broker_redis) == []
+    assert _loss_counts(broker_redis) == [], "a run that ended leaves no count behind"
+
+
+def test_a_start_is_counted_under_the_key_prefix_with_an_expiry_and_cleared_when_it_ends(
+    broker_redis: redis.Redis,
+) -> None:
+    from taskhub.celery import app
+    from taskhub.worker_losses import LOSS_MEMORY_SECONDS, counted_run
+
+    task = app.tasks[RETRY]
+    prefix = get_settings().key_prefix
+    task.push_request(id="counted-1", retries=1, delivery_info={"routing_key": POISON_QUEUE})
+    try:
+        with counted_run(task, ({},), {}):
+            assert _loss_counts(broker_redis) == [f"{prefix}:worker_losses:counted-1:1"]
+            key = f"{prefix}:worker_losses:counted-1:1"
+            assert broker_redis.get(key) == b"1"
+            assert 0 < broker_redis.ttl(key) <= LOSS_MEMORY_SECONDS
+        assert _loss_counts(broker_redis) == []
+        with pytest.raises(RuntimeError), counted_run(task, ({},), {}):
+            raise RuntimeError("a failed run ends too")
+        assert _loss_counts(broker_redis) == []
+    finally:
+        task.pop_request()
