@@ -18,7 +18,7 @@ from redis.client import Pipeline
 from taskhub.ledger import settle
 from taskhub.settings import get_settings
 from tasks.ledger import ledger_keys
-from tasks.store import store_redis
+from tasks.store import UNAVAILABLE, store_redis
 
 Writes = Callable[[Pipeline], object]
 
@@ -93,8 +93,8 @@ def run_once(
 ) -> dict[str, Any]:
     """Compute a result and commit its writes unless `identity` is already done.
 
-    If Redis itself is unreachable, the task is rejected back to its queue rather than failed:
-    Celery acks a failed task, which would lose it.
+    If Redis is unreachable or at maxmemory, the task is rejected back to its queue rather than
+    failed: Celery acks a failed task, which would lose it.
     """
     try:
         if is_done(identity):
@@ -102,6 +102,6 @@ def run_once(
         result, writes = compute()
         if not commit_once(identity, writes, task_id):
             return absorb_duplicate(task_name, task_id, identity)
-    except (redis.ConnectionError, redis.TimeoutError) as error:
+    except UNAVAILABLE as error:
         raise Reject(error, requeue=True) from error
     return result
