@@ -30,7 +30,11 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
 }
-result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# A Redis at maxmemory refuses a STARTED or result write; retry it as a lost connection is.
+result_backend_transport_options = {
+    "retry_policy": {"timeout": 5.0},
+    "additional_connection_errors": ("redis.exceptions.OutOfMemoryError",),
+}
 # One result backend per process. Celery keeps one per thread otherwise, and in a gevent worker
 # every task is a new "thread": each built a backend and opened a Redis connection (py-spy: a
 # third of a gevent worker's time). redis-py's client is safe to share.

@@ -66,7 +66,12 @@ def build_bridge(settings: Settings) -> Bridge:
     delivery = Delivery(
         publisher,
         spool,
-        Backpressure(bridge_settings.high_watermark, bridge_settings.low_watermark),
+        Backpressure(
+            bridge_settings.high_watermark,
+            bridge_settings.low_watermark,
+            bridge_settings.memory_high_watermark,
+            bridge_settings.memory_low_watermark,
+        ),
         Backoff(bridge_settings.redis_retry_min_delay, bridge_settings.redis_retry_max_delay),
     )
     return Bridge(

@@ -1,5 +1,6 @@
 """Where each batch goes: Redis if it takes it, else the durable spool, else nowhere yet (held,
 unacked). While the spool holds anything, new batches queue behind it so arrival order survives.
+Landing also watches Redis's memory, so the bridge pauses before Redis refuses writes.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from enum import StrEnum
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.outbound import Outbound
-from bridge.publisher import PublishFailed, RedisPublisher
+from bridge.publisher import PublishFailed, RedisFull, RedisPublisher
 from bridge.spool import Spool, SpoolFailed, SpoolFull
 
 log = logging.getLogger("taskhub.bridge")
 
 REPLAY_CHUNK = 500
+MEMORY_CHECK_SECONDS = 0.1
+"""How often landing also reads Redis's memory (INFO costs about a round trip: not every batch)."""
+MEMORY_CHECK_BYTES = 512 * 1024
+"""Message bytes landed after which memory is read again, sooner than MEMORY_CHECK_SECONDS: the
+bridge adds at most about twice this (queue and ledger) unseen, well inside the headroom above
+TASKHUB_BRIDGE__MEMORY_HIGH_WATERMARK of any Redis bigger than a few tens of megabytes."""
 
 
 class Outcome(StrEnum):
@@ -42,6 +49,8 @@ class Delivery:
         self.backpressure = backpressure
         self.redis_backoff = redis_backoff
         self._redis_down_since: float | None = None
+        self._next_memory_check = 0.0
+        self._landed_unchecked = 0
         self.replayed = 0
         self.held_because = ""
         """Why the last batch was held: the spool full, or the disk refusing it."""
@@ -69,8 +78,13 @@ class Delivery:
         return [Outcome.SPOOLED] * len(items)
 
     def replay(self) -> None:
-        """Move the oldest spooled items to Redis, if Redis is due for another try."""
-        if not len(self.spool) or not self.redis_due or not self.spool_backoff.ready():
+        """Move the oldest spooled items to Redis, if Redis is due for another try and has room."""
+        if (
+            not len(self.spool)
+            or not self.redis_due
+            or self.backpressure.memory_full
+            or not self.spool_backoff.ready()
+        ):
             return
         try:
             last_seq, items = self.spool.oldest(REPLAY_CHUNK)
@@ -91,12 +105,23 @@ class Delivery:
             return
         try:
             self.backpressure.observe(self.publisher.depths())
+            self._observe_memory()
         except PublishFailed as error:
             self._redis_failed(error)
+
+    def _observe_memory(self) -> None:
+        self._next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
+        self._landed_unchecked = 0
+        self.backpressure.observe_memory(self.publisher.memory())
 
     def _try_land(self, items: Sequence[Outbound]) -> bool:
         try:
             depths = self.publisher.land(items)
+        except RedisFull as error:
+            # Redis is up but full: this batch goes to the spool, reading pauses, and replay
+            # waits until a memory reading shows room (poll_depths, while paused).
+            self.backpressure.refused(error)
+            return False
         except PublishFailed as error:
             self._redis_failed(error)
             return False
@@ -105,6 +130,15 @@ class Delivery:
         self._redis_down_since = None
         self.redis_backoff.succeeded()
         self.backpressure.observe(depths)
+        self._landed_unchecked += sum(len(item.body) for item in items)
+        if (
+            self._landed_unchecked >= MEMORY_CHECK_BYTES
+            or time.monotonic() >= self._next_memory_check
+        ):
+            try:
+                self._observe_memory()
+            except PublishFailed as error:  # the batch landed; the next one will find out
+                log.debug("redis memory unread: %s", error)
         return True
 
     def _spool_failed(self, error: SpoolFailed) -> None:

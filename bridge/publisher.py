@@ -1,6 +1,7 @@
 """Landing outbound items in Redis in one transaction: task messages onto their queues, dead
 letters onto their stream. The whole batch lands or none of it does, so the caller acks all or
-nothing. The same transaction reports every route queue's depth, for backpressure at no extra cost.
+nothing. The same transaction reports every route queue's depth, for backpressure at no extra cost;
+Redis's memory is read on request, outside any transaction, so it can be read at maxmemory too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import redis
 
+from bridge.backpressure import Memory
 from bridge.outbound import Kind, Outbound
 from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
@@ -22,6 +24,10 @@ CONNECT_TIMEOUT = 1.0
 
 class PublishFailed(Exception):
     """Redis did not take the batch; nothing of it is known to have landed."""
+
+
+class RedisFull(PublishFailed):
+    """Redis is at maxmemory (noeviction) and refused the batch; nothing of it landed."""
 
 
 class RedisPublisher:
@@ -73,13 +79,32 @@ class RedisPublisher:
             pipe.llen(queue)
         try:
             results = pipe.execute()
+        except redis.exceptions.OutOfMemoryError as error:
+            raise RedisFull(f"{type(error).__name__}: {error}") from error
         except redis.RedisError as error:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
         return dict(zip(self.queues, results[len(results) - len(self.queues) :], strict=True))
 
     def depths(self) -> dict[str, int]:
-        """Every route queue's depth, or PublishFailed."""
-        return self.land(())
+        """Every route queue's depth, or PublishFailed.
+
+        Not in a transaction: at maxmemory Redis refuses every command inside MULTI, reads too.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.llen(queue)
+        try:
+            return dict(zip(self.queues, pipe.execute(), strict=True))
+        except redis.RedisError as error:
+            raise PublishFailed(f"{type(error).__name__}: {error}") from error
+
+    def memory(self) -> Memory:
+        """Redis's used memory and maxmemory, or PublishFailed."""
+        try:
+            info = self.redis.info("memory")
+        except redis.RedisError as error:
+            raise PublishFailed(f"{type(error).__name__}: {error}") from error
+        return Memory(used=int(info["used_memory"]), limit=int(info["maxmemory"]))
 
     def close(self) -> None:
         self.redis.close()

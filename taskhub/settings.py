@@ -257,6 +257,11 @@ class BridgeSettings(_Block):
     """Stop reading MQTT when any route queue holds this many tasks."""
     low_watermark: int = Field(25_000, ge=0)
     """Read again once every route queue is down to this many."""
+    memory_high_watermark: float = Field(0.9, gt=0, le=1)
+    """Stop reading MQTT when Redis's used memory reaches this fraction of its maxmemory. The rest
+    is headroom for the batches in hand and the workers' writes, so Redis refuses no one."""
+    memory_low_watermark: float = Field(0.8, ge=0, lt=1)
+    """Read again once Redis's used memory is down to this fraction of its maxmemory."""
     spool_dir: Path = Path("var/spool")
     """Where each replica keeps its durable spool (one SQLite file per client id)."""
     spool_max: int = Field(1_000_000, ge=1)
@@ -276,6 +281,8 @@ class BridgeSettings(_Block):
             raise ValueError("batch_size must not exceed max_in_flight")
         if self.low_watermark >= self.high_watermark:
             raise ValueError("low_watermark must be below high_watermark")
+        if self.memory_low_watermark >= self.memory_high_watermark:
+            raise ValueError("memory_low_watermark must be below memory_high_watermark")
         if self.redis_retry_min_delay > self.redis_retry_max_delay:
             raise ValueError("redis_retry_min_delay must not exceed redis_retry_max_delay")
         return self

@@ -1,5 +1,5 @@
 """kombu's Redis transport as taskhub's workers need it: a pool that waits, one client object per
-channel, and tasks of a lost worker given back in gevent workers too.
+channel, tasks of a lost worker given back in gevent workers too, and a full Redis waited out.
 
 - kombu's pool raises when it runs out of connections, and the error drops the channel's
   connection with a task in flight; this one waits for a free connection instead.
@@ -14,25 +14,65 @@ channel, and tasks of a lost worker given back in gevent workers too.
   `unacked_restore_interval` seconds, as kombu's event-loop path does.
 - A task requeued at its queue's far end (a `Reject(requeue=True)`, a lost pool child) gets a new
   ledger score in the same transaction, so the bridge's sweeper never takes it for lost.
+- A Redis at maxmemory (noeviction) refuses writes and every command inside MULTI. kombu treats
+  that as a channel error and the worker exited ("Unrecoverable error: OutOfMemoryError"), at
+  start (a queue's size is read in MULTI) or on its next task. Here each such step waits until
+  memory is freed (taskhub/maxmemory.py); acks, which free memory, leave MULTI out.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from functools import partial
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 from redis.client import Pipeline
+from redis.exceptions import OutOfMemoryError
 
 from taskhub.ledger import LedgerKeys, requeued
+from taskhub.maxmemory import wait_while_full
 from taskhub.settings import get_settings
+
+log = logging.getLogger("taskhub.transport")
 
 POOL_WAIT_SECONDS = 30.0
 """How long an ack or publish waits for a free connection before it fails."""
 
 
+class QoS(kombu_redis.QoS):
+    """Unacked bookkeeping that survives a full Redis."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # The task has left its queue (BRPOP frees memory, so Redis allows it); until it is
+        # recorded as unacked it exists only here, so wait rather than drop it.
+        wait_while_full(partial(super().append, message, delivery_tag), "taking a task")
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        # Meanwhile the task is still in the unacked hash: safe however long the wait.
+        restore = partial(super().restore_by_tag, tag, client, leftmost)
+        wait_while_full(restore, "giving a task back")
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        try:
+            super().restore_visible(start, num, interval)  # type: ignore[no-untyped-call]
+        except OutOfMemoryError:  # its lock is a write; the next sweep tries again
+            log.debug("unacked restore skipped: redis is at maxmemory")
+
+    def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
+        if pipe is not None:
+            return super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[no-untyped-call]
+        # An ack: ZREM and HDEL are each idempotent and need no MULTI, which a full Redis would
+        # refuse, though an ack frees memory.
+        with self.channel.conn_or_acquire() as client:
+            unbatched = client.pipeline(transaction=False)
+            return super()._remove_from_indices(delivery_tag, unbatched)  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _shared_client: Any = None
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
@@ -68,6 +108,16 @@ class Channel(kombu_redis.Channel):
         if leftmost and task_id:
             keys = LedgerKeys.for_prefix(get_settings().key_prefix)
             requeued(pipe, keys, str(task_id), time.time())
+
+    def _size(self, queue: str) -> Any:
+        return wait_while_full(partial(super()._size, queue), "reading a queue")
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> Any:
+        bind = partial(super()._queue_bind, exchange, routing_key, pattern, queue)
+        return wait_while_full(bind, "binding a queue")
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> Any:
+        return wait_while_full(partial(super()._put, queue, message, **kwargs), "sending a task")
 
 
 class Transport(kombu_redis.Transport):

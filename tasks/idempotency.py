@@ -2,13 +2,12 @@
 
 A task's Redis writes commit in one transaction with its done-marker, watched so that two copies
 running at once cannot both commit. A copy that finds the marker (an MQTT redelivery, a spool
-replay, a Celery redelivery after a lost worker) does nothing and returns the first result.
-Duplicates absorbed this way are counted per task.
+replay, a Celery redelivery after a lost worker) does nothing and returns a small answer
+saying so. Duplicates absorbed this way are counted per task.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,13 +17,19 @@ from redis.client import Pipeline
 
 from taskhub.settings import get_settings
 from tasks.ledger import settle_after_commit, settle_in_commit
-from tasks.store import store_redis
+from tasks.store import UNAVAILABLE, store_redis
 
 Writes = Callable[[Pipeline], object]
 """Queues a task's effect on the transaction that marks it done."""
 Plan = Callable[[Pipeline], tuple[dict[str, Any], Writes]]
 """Reads watched keys (the pipeline is still in immediate mode) and says the result and writes."""
 
+DONE = 1
+"""A done-marker's value: only its presence counts. The marker is kept for the whole idempotency
+window, once per message, so it holds nothing else: not the result (the effect and the result
+backend have that), not even a task id (48 bytes more each; docs/delivery.md, sizing)."""
+MARKER_MAX_BYTES = 96
+"""Most bytes a check-in's done-marker takes in Redis (`MEMORY USAGE`: key, value, overhead)."""
 MAX_COMMIT_ATTEMPTS = 20
 """How often a planned commit decides again when its watched keys change under it; past this
 the task goes back to its queue. Each attempt loses only to a commit that got through."""
@@ -42,35 +47,33 @@ def duplicates_key() -> str:
     return f"{get_settings().key_prefix}:stats:duplicates_absorbed"
 
 
-def previous_result(identity: str) -> dict[str, Any] | None:
-    """The result of the copy that already committed `identity`, if any did."""
-    raw = store_redis().get(done_key(identity))
-    return None if raw is None else dict(json.loads(raw))
+def is_done(identity: str) -> bool:
+    """Whether a copy already committed `identity`."""
+    return bool(store_redis().exists(done_key(identity)))
+
+
+def duplicate(identity: str) -> dict[str, Any]:
+    """What an absorbed duplicate returns: which message it repeats. The first copy's effect is
+    in the store, under the task's own key."""
+    return {"duplicate": True, "identity": identity}
 
 
 def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, Any]:
-    """Count a duplicate, settle its ledger entry, and return the result it duplicates."""
+    """Count a duplicate, settle its ledger entry, and say what it duplicates."""
     with store_redis().pipeline() as pipe:
         pipe.hincrby(duplicates_key(), task_name, 1)
         settle_in_commit(pipe, task_id)
         pipe.execute()
     settle_after_commit(task_id)
-    result = previous_result(identity)
-    if result is None:  # the marker expired between our two reads: the window was too short
-        raise RuntimeError(
-            f"done-marker for {identity} vanished; TASKHUB_TASKS__IDEMPOTENCY_WINDOW"
-        )
-    return result
+    return duplicate(identity)
 
 
-def commit_once(
-    identity: str, result: dict[str, Any], writes: Writes, task_id: str | None = None
-) -> bool:
+def commit_once(identity: str, writes: Writes, task_id: str | None = None) -> bool:
     """Apply `writes` and mark `identity` done, atomically, then settle `task_id` in the ledger
     (in the same transaction when the ledger shares the store's Redis); False if another copy
     committed first.
     """
-    return commit_planned(identity, lambda _pipe: (result, writes), (), task_id) is not None
+    return commit_planned(identity, lambda _pipe: ({}, writes), (), task_id) is not None
 
 
 def commit_planned(
@@ -91,7 +94,7 @@ def commit_planned(
                 result, writes = plan(pipe)
                 pipe.multi()
                 writes(pipe)
-                pipe.set(key, json.dumps(result), ex=window)
+                pipe.set(key, DONE, ex=window)
                 if task_id:
                     settle_in_commit(pipe, task_id)
                 pipe.execute()
@@ -121,16 +124,16 @@ def run_once(
 ) -> dict[str, Any]:
     """Compute a result and commit its writes unless `identity` is already done.
 
-    If Redis itself is unreachable, the task is rejected back to its queue rather than failed:
-    Celery acks a failed task, which would lose it.
+    If Redis is unreachable or at maxmemory, the task is rejected back to its queue rather than
+    failed: Celery acks a failed task, which would lose it.
     """
     try:
-        if previous_result(identity) is not None:
+        if is_done(identity):
             return absorb_duplicate(task_name, task_id, identity)
         result, writes = compute()
-        if not commit_once(identity, result, writes, task_id):
+        if not commit_once(identity, writes, task_id):
             return absorb_duplicate(task_name, task_id, identity)
-    except (redis.ConnectionError, redis.TimeoutError) as error:
+    except UNAVAILABLE as error:
         raise Reject(error, requeue=True) from error
     return result
 
@@ -143,11 +146,11 @@ def run_once_planned(
     only, no slow calls.
     """
     try:
-        if previous_result(identity) is not None:
+        if is_done(identity):
             return absorb_duplicate(task_name, task_id, identity)
         result = commit_planned(identity, plan, watch, task_id)
         if result is None:
             return absorb_duplicate(task_name, task_id, identity)
-    except (redis.ConnectionError, redis.TimeoutError, CommitContended) as error:
+    except (*UNAVAILABLE, CommitContended) as error:
         raise Reject(error, requeue=True) from error
     return result

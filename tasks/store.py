@@ -13,6 +13,10 @@ from redis.client import Pipeline
 from taskhub.settings import get_settings
 from taskhub.worker import shape
 
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
+"""Redis cannot take a task's writes now: unreachable, or at maxmemory. The task goes back to its
+queue rather than failing, since Celery acks a failed task."""
+
 POOL_WAIT_SECONDS = 10.0
 """How long a task waits for a free Redis connection before it fails (and is requeued)."""
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.client import Pipeline
 
-from tests.conftest import checkin_tweet
+from tests.conftest import checkin_tweet, load_checkin
 from tests.support.processes import wait_for
 from tests.support.servers import RedisServer
 
@@ -27,7 +27,8 @@ def test_the_same_checkin_sent_three_times_takes_effect_once(broker_redis: redis
     results = [resolve_checkin.delay(checkin_tweet("7001", "Dup0001")) for _ in range(3)]
     values = [result.get(timeout=TIMEOUT) for result in results]
 
-    assert len({value["task_id"] for value in values}) == 1, "all three return the first result"
+    duplicate = {"duplicate": True, "identity": "checkin:7001"}
+    assert sorted(values, key=len) == [duplicate, duplicate, load_checkin(broker_redis, "7001")]
     assert broker_redis.xlen(resolved_stream()) == 1
     assert int(broker_redis.hget(duplicates_key(), "tasks.checkins.resolve_checkin") or 0) == 2
 
@@ -40,7 +41,7 @@ def test_copies_racing_to_commit_let_exactly_one_through(broker_redis: redis.Red
 
     def attempt(n: int) -> None:
         barrier.wait(timeout=10)
-        won = commit_once("race:1", {"n": n}, lambda pipe: pipe.rpush("race-effects", n))
+        won = commit_once("race:1", lambda pipe: pipe.rpush("race-effects", n))
         wins.append(won)
 
     threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
@@ -69,9 +70,9 @@ def test_redis_lost_mid_commit_is_not_taken_for_a_duplicate(
         pipe.rpush("effects", 1)
 
     with pytest.raises(redis.ConnectionError):
-        tasks.idempotency.commit_once("lost:1", {"n": 1}, writes_as_redis_restarts)
+        tasks.idempotency.commit_once("lost:1", writes_as_redis_restarts)
     assert client.llen("effects") == 0
-    assert tasks.idempotency.commit_once("lost:1", {"n": 1}, lambda pipe: pipe.rpush("effects", 1))
+    assert tasks.idempotency.commit_once("lost:1", lambda pipe: pipe.rpush("effects", 1))
     assert client.llen("effects") == 1
 
 
@@ -93,3 +94,21 @@ def test_a_planned_commit_whose_watched_key_keeps_moving_goes_back_to_its_queue(
     assert int(broker_redis.get("moving") or 0) == MAX_COMMIT_ATTEMPTS
     assert broker_redis.llen("effects") == 0
     assert broker_redis.exists(done_key("moving:1")) == 0
+
+
+@pytest.mark.usefixtures("embedded_worker")
+def test_a_done_marker_is_a_presence_flag_not_the_result(broker_redis: redis.Redis) -> None:
+    """A marker lives for the whole idempotency window (7 days), once per message: its size is
+    most of what the window costs in Redis memory."""
+    from tasks.checkins import resolve_checkin
+    from tasks.idempotency import MARKER_MAX_BYTES, done_key
+    from tasks.store import effect_key
+
+    tweet_id = "900000000000000017"
+    result = resolve_checkin.delay(checkin_tweet(tweet_id, "Size0017")).get(timeout=TIMEOUT)
+
+    marker = int(broker_redis.memory_usage(done_key(f"checkin:{tweet_id}")) or 0)
+    effect = int(broker_redis.memory_usage(effect_key("checkin", tweet_id)) or 0)
+    stored = int(broker_redis.memory_usage(f"celery-task-meta-{result['task_id']}") or 0)
+    print(f"memory per check-in: done_marker={marker} effect={effect} result={stored} bytes")
+    assert marker <= MARKER_MAX_BYTES, f"a done-marker takes {marker} bytes"

@@ -59,13 +59,17 @@ class _Server:
 class RedisServer(_Server):
     """redis-server with an AOF fsynced on every write, so a killed one restarts with its data.
 
-    With a `password`, clients must authenticate (`requirepass`)."""
+    With a `password`, clients must authenticate (`requirepass`). With `maxmemory` (bytes), it
+    refuses writes past it (`noeviction`), as a production Redis holding queues should."""
 
     name = "redis"
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, maxmemory: int | None = None
+    ) -> None:
         super().__init__(workdir)
         self.password = password
+        self.maxmemory = maxmemory
 
     def argv(self) -> list[str]:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -84,6 +88,11 @@ class RedisServer(_Server):
             "--dir",
             str(self.workdir),
             *(["--requirepass", self.password] if self.password else []),
+            *(
+                ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
+                if self.maxmemory
+                else []
+            ),
         ]
 
     @property
