@@ -34,8 +34,9 @@ _PUBLISH = 0x30
 _PUBACK = 0x40
 _PUBACK_HEADER = struct.Struct("!BBH")
 
-PublishSink = Callable[[str, bytes, int, int, bytes], None]
-"""Receives (topic, payload, packet id, qos, raw MQTT 5 properties) for each QoS 0/1 PUBLISH."""
+PublishSink = Callable[[str, bytes, int, int, bool, bytes], None]
+"""Receives (topic, payload, packet id, qos, retain flag, raw MQTT 5 properties) for each QoS 0/1
+PUBLISH."""
 
 
 class _Malformed(Exception):
@@ -191,7 +192,7 @@ class BulkClient(mqtt.Client):
             # MQTT requires UTF-8 topic names; a broker that lets a bad one through must not
             # stop the bridge. The message is still handed on, to be refused with a reason.
             topic = topic_bytes.decode("utf-8", "replace")
-        self._sink(topic, bytes(rx[cursor:end]), mid, qos, properties)
+        self._sink(topic, bytes(rx[cursor:end]), mid, qos, bool(command & 0x01), properties)
         if qos and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS

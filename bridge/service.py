@@ -44,6 +44,8 @@ class Counters:
     dead_lettered: int = 0
     abandoned: int = 0
     """Given up unacked (connection lost or shutdown); the broker redelivers them."""
+    retained_replays: int = 0
+    """Retained messages sent again for a re-made subscription: acked, not enqueued again."""
 
     def line(self) -> str:
         return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -52,7 +54,8 @@ class Counters:
 @dataclass(frozen=True, slots=True)
 class Pending:
     received: Received
-    outbound: Outbound
+    outbound: Outbound | None
+    """None for a message that is acked in its turn and delivered nowhere (a retained replay)."""
 
 
 class Bridge:
@@ -142,7 +145,9 @@ class Bridge:
         for message in taken:
             self.pending.append(Pending(message, self._outbound(message)))
 
-    def _outbound(self, received: Received) -> Outbound:
+    def _outbound(self, received: Received) -> Outbound | None:
+        if received.retained_replay:
+            return None
         verdict = self.intake.judge(received.message)
         if isinstance(verdict, DeadLetter):
             return Outbound.dead_letter(verdict, self.deadletter_stream)
@@ -164,24 +169,26 @@ class Bridge:
             # only make duplicates. Drop everything from that connection.
             self._drop_stale()
             return
-        outcomes = self.delivery.deliver([item.outbound for item in batch])
-        if outcomes[0] is Outcome.HELD:
+        outbound = [item.outbound for item in batch if item.outbound is not None]
+        outcome = self.delivery.deliver(outbound)[0] if outbound else Outcome.LANDED
+        if outcome is Outcome.HELD:
             self._hold_batch()
             return
         self._hold.succeeded()
         self.source.ack([item.received for item in batch])
         for _ in batch:
             self.pending.popleft()
-        letters = [item.outbound for item in batch if item.outbound.kind is Kind.DEAD_LETTER]
+        letters = [item for item in outbound if item.kind is Kind.DEAD_LETTER]
         if letters and self.settings.deadletter_topic:
             for letter in letters:  # a copy for MQTT consumers; the stream holds the letter
                 self.source.publish(self.settings.deadletter_topic, letter.body)
         dead = len(letters)
         self.counters.dead_lettered += dead
-        if outcomes[0] is Outcome.LANDED:
-            self.counters.landed += len(batch) - dead
+        self.counters.retained_replays += len(batch) - len(outbound)
+        if outcome is Outcome.LANDED:
+            self.counters.landed += len(outbound) - dead
         else:
-            self.counters.spooled += len(batch) - dead
+            self.counters.spooled += len(outbound) - dead
         self._batch_started = time.monotonic() if self.pending else None
 
     def _drop_stale(self) -> None:

@@ -44,6 +44,9 @@ class Received:
     mid: int
     qos: int
     connection: int
+    retained_replay: bool = False
+    """A retained message the broker sent again because a subscription the session already held
+    was made again: acked in its turn, never enqueued (it was, when the subscription was new)."""
 
 
 def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
@@ -79,6 +82,7 @@ class MqttSource:
         self._closing = False
         self.connection = 0
         self.connected = False
+        self.session_present = False
         self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self._last_failure: str | None = None
         self.client.on_connect = self._on_connect
@@ -239,9 +243,14 @@ class MqttSource:
         self.connection += 1
         self.connected = True
         self.shed = 0
+        self.session_present = bool(flags.session_present)
         log.info("mqtt connected (session present: %s)", flags.session_present)
         if self.settings.protocol is MqttProtocol.V5:
-            client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions])
+            # Retain Handling 1: retained messages only for a subscription the session lacks.
+            options = [
+                (f, SubscribeOptions(qos=q, retainHandling=1)) for f, q in self.subscriptions
+            ]
+            client.subscribe(options)
         else:
             client.subscribe(self.subscriptions)
 
@@ -268,7 +277,7 @@ class MqttSource:
                 log.info("mqtt subscribed to %s (QoS %d)", topic_filter, granted.value)
 
     def _on_publish(
-        self, topic: str, payload: bytes, mid: int, qos: int, properties: bytes
+        self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, properties: bytes
     ) -> None:
         """A QoS 0/1 message from the bulk receive path."""
         if self.shed or len(self.received) >= self.settings.read_ahead:
@@ -278,7 +287,17 @@ class MqttSource:
             self.shed_total += 1
             return
         lazy = functools.partial(decode_properties, properties) if properties else dict
-        self.received.append(Received(RawMessage(topic, payload, lazy), mid, qos, self.connection))
+        raw = RawMessage(topic, payload, lazy)
+        self.received.append(Received(raw, mid, qos, self.connection, self._replayed(retain)))
+
+    def _replayed(self, retain: bool) -> bool:
+        """Whether a message is a retained one sent again for a re-made subscription.
+
+        A broker sets RETAIN on a delivery only when a subscription is made (MQTT 3.1.1 3.3.1.3,
+        MQTT 5 without Retain As Published); with the session present, every subscription the
+        bridge makes already existed, so such a message was enqueued when it was new.
+        """
+        return retain and self.session_present
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """A QoS 2 message, after paho's PUBREC/PUBREL exchange."""
@@ -292,4 +311,5 @@ class MqttSource:
             self.shed_total += 1
             return
         raw = RawMessage(topic, bytes(message.payload), functools.partial(_properties_of, message))
-        self.received.append(Received(raw, message.mid, message.qos, self.connection))
+        replayed = self._replayed(bool(message.retain))
+        self.received.append(Received(raw, message.mid, message.qos, self.connection, replayed))

@@ -53,6 +53,7 @@ class BulkDriver:
     def __init__(self, settings: MqttSettings, client_id: str) -> None:
         self.seen: list[Seen] = []
         self.mids: list[int] = []
+        self.retains: list[bool] = []
         self.client: BulkClient = new_client(  # type: ignore[assignment]
             settings,
             client_id,
@@ -63,9 +64,12 @@ class BulkDriver:
         self.client.on_message = self._on_qos2
         self.settings = settings
 
-    def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int, raw: bytes) -> None:
+    def _on_publish(
+        self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, raw: bytes
+    ) -> None:
         self.seen.append((topic, payload, qos, _meaningful(decode_properties(raw))))
         self.mids.append(mid)
+        self.retains.append(retain)
 
     def _on_qos2(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         properties = message.properties.json() if message.properties else {}
@@ -175,6 +179,25 @@ def test_bulk_path_receives_what_paho_decodes(
     assert len(bulk.seen) == len(MESSAGES)
     if protocol is MqttProtocol.V5:
         assert bulk.seen[0][3]["UserProperty"] == [("n", "0"), ("sensor", "boiler-2")]
+
+
+@pytest.mark.parametrize("protocol", [MqttProtocol.V5, MqttProtocol.V311])
+def test_the_bulk_path_reads_the_retain_flag(
+    private_mosquitto: MosquittoServer, protocol: MqttProtocol
+) -> None:
+    settings = _settings(private_mosquitto.port, protocol)
+    publisher = _publisher(settings)
+    publisher.publish("r/kept", b"last known", qos=1, retain=True).wait_for_publish(WAIT_SECONDS)
+    bulk = BulkDriver(settings, "bulk-retain")
+    bulk.connect_and_subscribe("r/#", qos=1)
+    publisher.publish("r/live", b"now", qos=1).wait_for_publish(WAIT_SECONDS)
+    bulk.drive_until(lambda: len(bulk.seen) >= 2, "the retained and the live message")
+    publisher.disconnect()
+    bulk.client.disconnect()
+    assert [(seen[0], retain) for seen, retain in zip(bulk.seen, bulk.retains, strict=True)] == [
+        ("r/kept", True),
+        ("r/live", False),
+    ]
 
 
 def test_batched_acks_settle_exactly_the_acked_messages(
