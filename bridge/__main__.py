@@ -13,7 +13,8 @@ from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.publisher import RedisPublisher
-from bridge.service import Bridge
+from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
+from bridge.service import Bridge, client_id_taken
 from bridge.source import MqttSource
 from bridge.spool import Spool, SpoolUnusable
 from bridge.sweeper import Sweeper
@@ -74,12 +75,20 @@ def build_bridge(settings: Settings) -> Bridge:
         ),
         Backoff(bridge_settings.redis_retry_min_delay, bridge_settings.redis_retry_max_delay),
     )
+    replica = Replica(
+        publisher.redis,
+        ReplicaKeys.for_replica(
+            settings.key_prefix, settings.mqtt.client_id, settings.mqtt.share_group
+        ),
+        settings.mqtt.client_id,
+    )
     return Bridge(
         MqttSource(settings.mqtt, routes),
         Intake(routes, bridge_settings.max_payload_bytes),
         MessageBuilder.for_tasks(app, routes.task_queues),
         delivery,
         sweeper,
+        replica,
         bridge_settings,
         settings.key_prefix,
     )
@@ -108,8 +117,13 @@ def main() -> int:
         bridge.delivery.spool.path,
         len(bridge.delivery.spool),
     )
-    bridge.run()
-    return 0
+    try:
+        bridge.replica.claim()
+    except ClientIdTaken as taken:
+        raise SystemExit(
+            f"taskhub: bad configuration: {client_id_taken(settings.mqtt.client_id, str(taken))}"
+        ) from None
+    return bridge.run()
 
 
 if __name__ == "__main__":

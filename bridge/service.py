@@ -20,6 +20,7 @@ from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.outbound import Kind, Outbound
+from bridge.replicas import ClientIdTaken, Replica
 from bridge.source import MqttSource, Received
 from bridge.sweeper import Sweeper
 from taskhub.deadletters import DeadLetter, stream_key
@@ -66,6 +67,7 @@ class Bridge:
         builder: MessageBuilder,
         delivery: Delivery,
         sweeper: Sweeper,
+        replica: Replica,
         settings: BridgeSettings,
         key_prefix: str,
     ) -> None:
@@ -74,6 +76,8 @@ class Bridge:
         self.builder = builder
         self.delivery = delivery
         self.sweeper = sweeper
+        self.replica = replica
+        self.exit_code = 0
         self.settings = settings
         self.deadletter_stream = stream_key(key_prefix)
         self.counters = Counters()
@@ -91,7 +95,8 @@ class Bridge:
             self._stop_requested_at = time.monotonic()
             self._stop.set()
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Run until stopped; the process's exit code."""
         try:
             while not self._stop.is_set() or (self.pending and not self._shutdown_overdue()):
                 self._turn()
@@ -109,6 +114,8 @@ class Bridge:
                 len(self.delivery.spool),
                 self.sweeper.requeued,
             )
+            self.replica.release()
+        return self.exit_code
 
     def _turn(self) -> None:
         held = not self._hold.ready()
@@ -125,9 +132,19 @@ class Bridge:
         if self.delivery.backpressure.paused and time.monotonic() >= self._next_depth_poll:
             self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
+        self._beat()
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
             self._sweep()
+
+    def _beat(self) -> None:
+        try:
+            self.replica.beat()
+        except ClientIdTaken as taken:
+            if not self._stop.is_set():
+                log.error("%s; stopping", client_id_taken(self.replica.client_id, str(taken)))
+                self.exit_code = 1
+                self.request_stop()
 
     def _sweep(self) -> None:
         if len(self.delivery.spool) or not self.delivery.redis_due:
@@ -215,3 +232,11 @@ class Bridge:
         if count:
             self.counters.abandoned += count
             log.warning("%d messages left unacked for the broker to redeliver: %s", count, why)
+
+
+def client_id_taken(client_id: str, holder: str) -> str:
+    """The one line that says two bridges share a client id, and what to do about it."""
+    return (
+        f"another bridge ({holder}) runs as TASKHUB_MQTT__CLIENT_ID={client_id}: two replicas on "
+        "one client id take the MQTT session from each other; give each replica its own id"
+    )

@@ -34,6 +34,8 @@ from taskhub.topics import SHARE_PREFIX
 
 log = logging.getLogger("taskhub.bridge.mqtt")
 
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT 5 DISCONNECT reason: another connection took this client id's session."""
 CLOSE_TIMEOUT_SECONDS = 5.0
 """At shutdown, how long to wait for the acks to be written and read by the broker."""
 
@@ -257,7 +259,18 @@ class MqttSource:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        if self.connected and not self._closing:
+        if (
+            self.connected
+            and not self._closing
+            and getattr(reason, "value", 0) == SESSION_TAKEN_OVER
+        ):
+            log.error(
+                "mqtt session taken over: another client connected as %s; two bridges on one "
+                "client id take the session from each other; give each replica its own id",
+                self.settings.client_id,
+            )
+            self._reconnect.wait()
+        elif self.connected and not self._closing:
             log.warning("mqtt disconnected: %s", reason_text(reason))
             self._reconnect.wait()
         self.connected = False

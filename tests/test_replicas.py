@@ -1,0 +1,76 @@
+"""Bridge replicas in Redis: one client id runs once, and a restart after a crash waits only for
+the dead bridge's lease to lapse."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.replicas import HEARTBEAT_SECONDS, LEASE_SECONDS
+from taskhub.settings import get_settings
+from tests.conftest import publish_checkins
+from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
+
+pytestmark = pytest.mark.e2e
+
+WAIT_SECONDS = 30
+
+
+def _bridge(log_dir: Path, name: str, client_id: str, **env: str) -> Process:
+    return Process(
+        name, python_module("bridge"), log_dir, {"TASKHUB_MQTT__CLIENT_ID": client_id, **env}
+    )
+
+
+def test_a_second_bridge_on_the_same_client_id_refuses_to_start_in_one_line(
+    broker_redis: redis.Redis, log_dir: Path
+) -> None:
+    client_id = f"{get_settings().mqtt.client_id}-twin"
+    first = _bridge(log_dir, "first", client_id).start()
+    try:
+        first.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+        second = _bridge(log_dir, "second", client_id).start()
+        assert second.popen is not None
+        code = second.popen.wait(timeout=LEASE_SECONDS + WAIT_SECONDS)
+        publish_checkins(5, id_base=61_000)
+        wait_for(lambda: broker_redis.llen("checkins") == 5, WAIT_SECONDS, "5 tasks via the first")
+    finally:
+        first.terminate()
+    assert code == 1
+    lines = [line for line in second.output().splitlines() if line.startswith("taskhub:")]
+    assert len(lines) == 1, second.output()
+    assert f"runs as TASKHUB_MQTT__CLIENT_ID={client_id}" in lines[0]
+    assert "give each replica its own id" in lines[0]
+    assert "Traceback" not in second.output()
+    assert first.output().count("mqtt connected") == 1
+    assert "mqtt disconnected" not in first.output()
+
+
+def test_a_bridge_restarted_after_a_crash_waits_only_for_the_lease_to_lapse(
+    broker_redis: redis.Redis, log_dir: Path
+) -> None:
+    client_id = f"{get_settings().mqtt.client_id}-crashed"
+    bridge = _bridge(log_dir, "bridge", client_id).start()
+    bridge.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+    bridge.kill()
+    killed_at = time.monotonic()
+    bridge.start()
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+        waited = time.monotonic() - killed_at
+        publish_checkins(5, id_base=62_000)
+        wait_for(lambda: broker_redis.llen("checkins") == 5, WAIT_SECONDS, "5 tasks")
+    finally:
+        assert bridge.terminate() == 0
+    assert waited >= LEASE_SECONDS - HEARTBEAT_SECONDS, "the dead bridge's lease was not awaited"
+
+    stopped_at = time.monotonic()
+    bridge.start()  # a clean stop gave the id back: no wait
+    try:
+        bridge.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+        assert time.monotonic() - stopped_at < LEASE_SECONDS - HEARTBEAT_SECONDS
+    finally:
+        bridge.terminate()
