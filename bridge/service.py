@@ -78,6 +78,8 @@ class Bridge:
         self.sweeper = sweeper
         self.replica = replica
         self.exit_code = 0
+        self._leaving: bool | None = None
+        """Decided at the stop: whether this replica leaves its share group for good."""
         self.settings = settings
         self.deadletter_stream = stream_key(key_prefix)
         self.counters = Counters()
@@ -98,13 +100,15 @@ class Bridge:
     def run(self) -> int:
         """Run until stopped; the process's exit code."""
         try:
-            while not self._stop.is_set() or (self.pending and not self._shutdown_overdue()):
+            while not self._finished():
                 self._turn()
         finally:
+            # A session ends only with nothing unacked in it: its messages would be lost with it.
+            left_clean = not self.pending and not self.source.received and self.source.unsubscribed
             self._abandon(len(self.pending), "still undelivered at shutdown")
             self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
-            self.source.close()
+            self.source.close(end_session=bool(self._leaving) and left_clean)
             self.delivery.spool.close()
             self.delivery.publisher.close()
             log.info(
@@ -117,9 +121,33 @@ class Bridge:
             self.replica.release()
         return self.exit_code
 
+    def _finished(self) -> bool:
+        if not self._stop.is_set():
+            return False
+        if self._shutdown_overdue():
+            return True
+        if self._leaving is None:
+            self._leaving = self._leave_group()
+        if self._leaving:  # everything the broker sent before the unsubscribe is delivered
+            return self.source.unsubscribed and not self.source.received and not self.pending
+        return not self.pending
+
+    def _leave_group(self) -> bool:
+        """At a stop: leave the share group for good if another live replica remains in it, so
+        the broker sends this replica's share there instead of queueing it for a session that
+        may never come back (a scale-down). The last replica keeps its session and its share."""
+        if not self.source.connected or not self.replica.leave_group_if_others_remain():
+            return False
+        log.info("leaving the share group: the other replicas take this one's share from now on")
+        self.source.leave()
+        return True
+
     def _turn(self) -> None:
         held = not self._hold.ready()
-        taking = not self._stop.is_set() and not held and not self.delivery.backpressure.paused
+        # A leaving replica takes everything it was sent, even while paused: bounded by what
+        # was in flight when it unsubscribed.
+        reading_on = not self._stop.is_set() and not self.delivery.backpressure.paused
+        taking = (reading_on or bool(self._leaving)) and not held
         busy = bool(self.pending) and not held
         self.source.pump(timeout=0 if busy else IDLE_WAIT_SECONDS)
         if taking:

@@ -27,7 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.backoff import Backoff
 from bridge.bulk_client import BulkClient, decode_properties
 from bridge.intake import RawMessage
-from taskhub.mqtt import connect_arguments, new_client, reason_text
+from taskhub.mqtt import connect_arguments, new_client, reason_text, session_ending_properties
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings
 from taskhub.topics import SHARE_PREFIX
@@ -85,11 +85,16 @@ class MqttSource:
         self.connection = 0
         self.connected = False
         self.session_present = False
+        self.leaving = False
+        """Unsubscribing for good: a replica leaving its share group."""
+        self.unsubscribed = False
+        """The broker confirmed the unsubscribe: every message it sent before is read."""
         self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self._last_failure: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     def _filter_for(self, topic_filter: str) -> str:
@@ -173,6 +178,21 @@ class MqttSource:
         self.close()
         self._reconnect.succeeded()
 
+    def leave(self) -> None:
+        """Unsubscribe every route for good, so the broker sends this replica's share of the
+        group's messages to the others from now on; close(end_session=True) then ends it."""
+        self.leaving = True
+        if self.connected:
+            self._unsubscribe()
+
+    def _unsubscribe(self) -> None:
+        self.unsubscribed = False
+        self.client.unsubscribe([topic_filter for topic_filter, _ in self.subscriptions])
+
+    def _on_unsubscribe(self, client: mqtt.Client, *args: Any) -> None:
+        # UNSUBACK follows every PUBLISH the broker sent before it on this connection.
+        self.unsubscribed = True
+
     def is_current(self, received: Received) -> bool:
         return self.connected and received.connection == self.connection
 
@@ -189,9 +209,9 @@ class MqttSource:
         if self.connected:
             self.client.publish(topic, payload, qos=1)
 
-    def close(self) -> None:
+    def close(self, *, end_session: bool = False) -> None:
         """Send the acks already given, wait until the broker has read them, then disconnect;
-        the broker keeps the session."""
+        the broker keeps the session, unless `end_session` (MQTT 5: its expiry becomes 0)."""
         self._closing = True
         self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
         if self.connected:
@@ -200,7 +220,8 @@ class MqttSource:
             while not self.client.ping_answered() and time.monotonic() < deadline:
                 self.pump(timeout=0.05)
         if self.client.socket() is not None:
-            self.client.disconnect()
+            ending = session_ending_properties(self.settings) if end_session else None
+            self.client.disconnect(properties=ending)
             self.flush(timeout=CLOSE_TIMEOUT_SECONDS)
         self._closing = False
 
@@ -247,7 +268,9 @@ class MqttSource:
         self.shed = 0
         self.session_present = bool(flags.session_present)
         log.info("mqtt connected (session present: %s)", flags.session_present)
-        if self.settings.protocol is MqttProtocol.V5:
+        if self.leaving:
+            self._unsubscribe()
+        elif self.settings.protocol is MqttProtocol.V5:
             # Retain Handling 1: retained messages only for a subscription the session lacks.
             options = [
                 (f, SubscribeOptions(qos=q, retainHandling=1)) for f, q in self.subscriptions

@@ -65,6 +65,16 @@ def connect_properties(settings: MqttSettings) -> Properties | None:
     return properties
 
 
+def session_ending_properties(settings: MqttSettings) -> Properties | None:
+    """MQTT 5 DISCONNECT properties that end the session now (expiry 0). MQTT 3.1.1 has none:
+    there the session, emptied of subscriptions, lapses with the broker's own expiry."""
+    if settings.protocol is not MqttProtocol.V5:
+        return None
+    properties = Properties(PacketTypes.DISCONNECT)
+    properties.SessionExpiryInterval = 0
+    return properties
+
+
 def connect_arguments(settings: MqttSettings, *, persistent: bool) -> dict[str, Any]:
     """Keyword arguments for paho's `connect` or `connect_async`.
 

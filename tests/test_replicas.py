@@ -3,6 +3,9 @@ the dead bridge's lease to lapse."""
 
 from __future__ import annotations
 
+import base64
+import json
+import signal
 import time
 from pathlib import Path
 
@@ -13,10 +16,12 @@ from bridge.replicas import HEARTBEAT_SECONDS, LEASE_SECONDS
 from taskhub.settings import get_settings
 from tests.conftest import publish_checkins
 from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
+from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
 
 WAIT_SECONDS = 30
+GROUP_MESSAGES = 20
 
 
 def _bridge(log_dir: Path, name: str, client_id: str, **env: str) -> Process:
@@ -74,3 +79,67 @@ def test_a_bridge_restarted_after_a_crash_waits_only_for_the_lease_to_lapse(
         assert time.monotonic() - stopped_at < LEASE_SECONDS - HEARTBEAT_SECONDS
     finally:
         bridge.terminate()
+
+
+def _group_member(log_dir: Path, name: str, mosquitto: MosquittoServer, group: str) -> Process:
+    return _bridge(
+        log_dir,
+        name,
+        f"{get_settings().mqtt.client_id}-{name}",
+        TASKHUB_MQTT__PORT=str(mosquitto.port),
+        TASKHUB_MQTT__SHARE_GROUP=group,
+    ).start()
+
+
+def _tweets_queued(client: redis.Redis) -> set[str]:
+    messages = [json.loads(raw) for raw in client.lrange("checkins", 0, -1)]
+    calls = [json.loads(base64.b64decode(message["body"])) for message in messages]
+    return {args[0]["id"] for args, _kwargs, _embed in calls}
+
+
+def test_a_replica_that_leaves_its_share_group_strands_nothing(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    staying = _group_member(log_dir, "staying", private_mosquitto, "scale")
+    leaving = _group_member(log_dir, "leaving", private_mosquitto, "scale")
+    try:
+        for member in (staying, leaving):
+            member.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+        assert leaving.terminate() == 0  # a scale-down: it never comes back
+        tweet_ids = set(publish_checkins(GROUP_MESSAGES, id_base=63_000, mqtt=mqtt))
+        wait_for(
+            lambda: _tweets_queued(broker_redis) == tweet_ids,
+            WAIT_SECONDS,
+            f"all {GROUP_MESSAGES} messages through the replica that stayed",
+        )
+    finally:
+        staying.terminate()
+    assert "leaving the share group" in leaving.output()
+    assert "leaving the share group" not in staying.output()
+
+
+def test_replicas_stopping_together_leave_one_session_that_keeps_the_share(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    members = [_group_member(log_dir, name, private_mosquitto, "all") for name in ("a", "b")]
+    for member in members:
+        member.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+    for member in members:
+        assert member.popen is not None
+        member.popen.send_signal(signal.SIGTERM)
+    assert [member.popen.wait(timeout=WAIT_SECONDS) for member in members if member.popen] == [0, 0]
+    stayed = [member for member in members if "leaving the share group" not in member.output()]
+    assert len(stayed) == 1, "exactly one replica keeps the group's session"
+
+    tweet_ids = set(publish_checkins(GROUP_MESSAGES, id_base=64_000, mqtt=mqtt))
+    stayed[0].start()
+    try:
+        wait_for(
+            lambda: _tweets_queued(broker_redis) == tweet_ids,
+            WAIT_SECONDS,
+            f"all {GROUP_MESSAGES} messages, queued for the session that stayed",
+        )
+    finally:
+        stayed[0].terminate()
