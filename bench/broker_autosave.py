@@ -8,6 +8,8 @@ Per config and round:
 - **live**: N QoS 1 messages through a connected subscriber that acks at once (the bridge up),
   timed from the first publish to the last delivery.
 
+`--changes N` runs the new config with a snapshot every N changes instead of every one.
+
 Last line: `broker_autosave: backlog_old=X/s backlog_new=Y/s backlog_ratio=Y/X live_old=..
 live_new=.. live_ratio=.. lost_old=A/R lost_new=B/R` (losses summed over the R rounds' messages).
 """
@@ -78,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.broker_autosave", description=__doc__)
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
-    parser.add_argument("--redis-db", type=int, help="unused: no Redis here (for the smoke test)")
+    parser.add_argument(
+        "--changes",
+        type=int,
+        help="run the new config with `autosave_interval N` (changes per snapshot) instead",
+    )
     args = parser.parse_args(argv)
     console = Console(stderr=True)
-    configs = {"old": OLD_AUTOSAVE, "new": NEW_AUTOSAVE}
+    new = NEW_AUTOSAVE if args.changes is None else {"autosave_interval": str(args.changes)}
+    configs = {"old": OLD_AUTOSAVE, "new": new}
     backlog: dict[str, list[float]] = {name: [] for name in configs}
     live: dict[str, list[float]] = {name: [] for name in configs}
     lost: dict[str, int] = dict.fromkeys(configs, 0)
