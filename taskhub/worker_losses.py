@@ -36,7 +36,8 @@ which bounds how soon a lost worker's task comes back). One that comes back late
 again: that errs toward running it, never toward losing it."""
 POOL_WAIT_SECONDS = 10.0
 """How long a start waits for a free Redis connection before its task is given back."""
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
+"""Redis cannot count a start now (unreachable, or at maxmemory): the task goes back unrun."""
 
 
 class WorkerLostTooOften(Exception):

@@ -76,3 +76,22 @@ def test_the_checkins_benchmark_runs_and_reports() -> None:
     assert found, last
     rates = [float(value.replace(",", "")) for value in found.groups()]
     assert all(rate > 0 for rate in rates[:7]), last
+
+
+def test_the_broker_autosave_benchmark_runs_and_reports() -> None:
+    done = subprocess.run(
+        python_module("bench.broker_autosave", "--messages", "50", "--rounds", "1"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(
+        rf"broker_autosave: backlog_old=({NUMBER})/s backlog_new=({NUMBER})/s "
+        rf"backlog_ratio=({NUMBER}) live_old=({NUMBER})/s live_new=({NUMBER})/s "
+        rf"live_ratio=({NUMBER}) lost_old=(\d+)/50 lost_new=(\d+)/50",
+        last,
+    )
+    assert found, last
+    assert int(found.group(8)) <= 1, last

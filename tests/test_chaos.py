@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import run_chaos
+from tests.chaos import LOST_PER_BROKER_KILL, run_chaos
 
 pytestmark = pytest.mark.e2e
 
@@ -20,4 +20,6 @@ def test_every_process_killed_mid_stream_loses_nothing_and_doubles_nothing(
     report = run_chaos(tmp_path, QUICK_MESSAGES, QUICK_RATE)
     print(report.last_line())
     assert (report.lost, report.double_effects) == (0, 0), report.last_line()
-    assert len([event for event in report.events if event.what.startswith("SIGKILL")]) >= 6
+    assert report.lost_by_broker <= report.broker_kills * LOST_PER_BROKER_KILL, report.last_line()
+    assert len([event for event in report.events if event.what.startswith("SIGKILL")]) >= 7
+    assert any(event.what.startswith("SIGKILL mosquitto") for event in report.events)

@@ -5,10 +5,12 @@ them without touching the shared ones.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support.isolation import free_port
@@ -109,9 +111,16 @@ class MosquittoServer(_Server):
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path, listener_config: str = "", persistent: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        listener_config: str = "",
+        persistent: bool = True,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         """`listener_config` replaces `allow_anonymous true` (e.g. TLS and a password file);
-        without `persistent`, nothing is written to disk (benchmarks queue 100,000s)."""
+        without `persistent`, nothing is written to disk (benchmarks queue 100,000s);
+        `settings` replaces the repo's value of each named option (or adds the option)."""
         super().__init__(workdir)
         config = REPO_MOSQUITTO_CONF.read_text()
         if not persistent:
@@ -120,13 +129,36 @@ class MosquittoServer(_Server):
             config = config.replace("allow_anonymous true", listener_config)
         config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")
         config = config.replace("/mosquitto/data/", f"{self.workdir}/")
-        config = config.replace("autosave_interval 30", "autosave_interval 1")
+        for option, value in (settings or {}).items():
+            config = _with_option(config, option, value)
         if os.geteuid() == 0:
             # As root, Mosquitto drops to user "mosquitto", which cannot write its database into
             # a private 0700 temp dir: every restart would then lose all sessions, silently.
             config += "\nuser root\n"
         (self.workdir / "mosquitto.conf").write_text(config)
 
+    @property
+    def database(self) -> Path:
+        """Where persistence writes its snapshot of sessions and queued messages."""
+        return self.workdir / "mosquitto.db"
+
     def argv(self) -> list[str]:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         return [binary, "-c", str(self.workdir / "mosquitto.conf")]
+
+
+def repo_autosave_changes() -> int:
+    """The repo's `autosave_interval`: with `autosave_on_changes true`, how many changes Mosquitto
+    lets pass between snapshots, so one fewer is the most a SIGKILL loses."""
+    found = re.search(r"^autosave_interval (\d+)$", REPO_MOSQUITTO_CONF.read_text(), re.MULTILINE)
+    assert found is not None, "scripts/mosquitto.conf sets no autosave_interval"
+    return int(found.group(1))
+
+
+def _with_option(config: str, option: str, value: str) -> str:
+    """`config` with `option` set to `value`: its line replaced, or one added at the end."""
+    line = f"{option} {value}"
+    pattern = re.compile(rf"^{re.escape(option)} .*$", re.MULTILINE)
+    if pattern.search(config):
+        return pattern.sub(line, config)
+    return f"{config.rstrip()}\n{line}\n"
