@@ -70,12 +70,12 @@ def test_offline_session_keeps_its_queue_across_a_broker_restart(
     assert sorted(int(payload) for payload in received) == list(range(QUEUED))
 
 
-def test_broker_killed_right_after_acking_loses_less_than_one_autosave_interval(
+def test_broker_killed_right_after_acking_loses_at_most_one_autosave_interval(
     private_mosquitto: MosquittoServer,
 ) -> None:
     outcome = publish_then_crash(private_mosquitto, CRASH_BACKLOG)
     print(f"acked={outcome.acked} delivered after SIGKILL={outcome.delivered}")
-    assert outcome.lost < repo_autosave_changes()
+    assert outcome.lost <= repo_autosave_changes()
 
 
 def test_a_snapshot_after_every_change_loses_at_most_the_message_being_saved(

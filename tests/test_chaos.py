@@ -23,3 +23,6 @@ def test_every_process_killed_mid_stream_loses_nothing_and_doubles_nothing(
     assert report.lost_by_broker <= report.broker_kills * LOST_PER_BROKER_KILL, report.last_line()
     assert len([event for event in report.events if event.what.startswith("SIGKILL")]) >= 7
     assert any(event.what.startswith("SIGKILL mosquitto") for event in report.events)
+    assert report.worker_lost_letters == 1, "the poison task is dead-lettered once"
+    assert any("left the group: True" in event.what for event in report.events)
+    assert any(event.what == "redis at maxmemory" for event in report.events)

@@ -35,15 +35,17 @@ def test_a_second_bridge_on_the_same_client_id_refuses_to_start_in_one_line(
 ) -> None:
     client_id = f"{get_settings().mqtt.client_id}-twin"
     first = _bridge(log_dir, "first", client_id).start()
+    second = _bridge(log_dir, "second", client_id)
     try:
         first.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
-        second = _bridge(log_dir, "second", client_id).start()
+        second.start()
         assert second.popen is not None
         code = second.popen.wait(timeout=LEASE_SECONDS + WAIT_SECONDS)
         publish_checkins(5, id_base=61_000)
         wait_for(lambda: broker_redis.llen("checkins") == 5, WAIT_SECONDS, "5 tasks via the first")
     finally:
         first.terminate()
+        second.kill()
     assert code == 1
     lines = [line for line in second.output().splitlines() if line.startswith("taskhub:")]
     assert len(lines) == 1, second.output()

@@ -58,19 +58,22 @@ def test_a_retained_message_is_enqueued_once_across_bridge_restarts(
             "TASKHUB_MQTT__CLIENT_ID": f"{get_settings().mqtt.client_id}-retained",
         },
     )
-    for start in range(STARTS):
-        bridge.start()
-        bridge.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
-        # A live message after the subscription: once it is queued, a retained copy sent for
-        # this subscription (which comes first) would be queued too.
-        marker = f"70000000000000010{start}"
-        _publish(private_mosquitto.port, marker, retain=False)
-        wait_for(
-            lambda marker=marker: marker in _tweets_queued(broker_redis),  # type: ignore[misc]
-            WAIT_SECONDS,
-            f"live message {marker} queued",
-        )
-        assert bridge.terminate() == 0
+    try:
+        for start in range(STARTS):
+            bridge.start()
+            bridge.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+            # A live message after the subscription: once it is queued, a retained copy sent for
+            # this subscription (which comes first) would be queued too.
+            marker = f"70000000000000010{start}"
+            _publish(private_mosquitto.port, marker, retain=False)
+            wait_for(
+                lambda marker=marker: marker in _tweets_queued(broker_redis),  # type: ignore[misc]
+                WAIT_SECONDS,
+                f"live message {marker} queued",
+            )
+            assert bridge.terminate() == 0
+    finally:
+        bridge.kill()
     queued = _tweets_queued(broker_redis)
     assert queued.count("700000000000000001") == 1, queued
     if (

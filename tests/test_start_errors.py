@@ -64,7 +64,7 @@ def test_the_worker_and_the_cli_refuse_it_too(argv: list[str]) -> None:
         ("TASKHUB_BRIDGE__DEADLETTER_TOPIC", "dead/#", "TASKHUB_BRIDGE__DEADLETTER_TOPIC"),
         (
             "TASKHUB_BRIDGE__DEADLETTER_TOPIC",
-            os.environ.get("TASKHUB_TOPIC_PREFIX", "") + "sensors/dead",
+            "{topic_prefix}sensors/dead",
             "lies inside the bridge's subscription",
         ),
     ],
@@ -72,6 +72,7 @@ def test_the_worker_and_the_cli_refuse_it_too(argv: list[str]) -> None:
 def test_an_impossible_setting_is_refused_in_one_line(
     variable: str, value: str, complaint: str
 ) -> None:
+    value = value.format(topic_prefix=os.environ.get("TASKHUB_TOPIC_PREFIX", ""))
     done = _start(python_module("bridge"), {variable: value})
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

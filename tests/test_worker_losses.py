@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.exceptions import Reject
 
 from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
@@ -22,6 +23,7 @@ from taskhub.settings import get_settings
 from tests.support.poison_routes import POISON_QUEUE
 from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
 from tests.support.processes import WORKER_READY, Process, celery, wait_for
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +209,29 @@ def test_a_start_is_counted_under_the_key_prefix_with_an_expiry_and_cleared_when
         assert _loss_counts(broker_redis) == []
     finally:
         task.pop_request()
+
+
+def test_a_start_that_a_full_redis_cannot_count_goes_back_to_its_queue(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At maxmemory the count's INCR is refused: the task is given back unrun, not failed."""
+    import taskhub.worker_losses
+    from taskhub.celery import app
+    from taskhub.worker_losses import counted_run
+
+    full = redis.Redis.from_url(private_redis.url)
+    full.config_set("maxmemory-policy", "noeviction")
+    full.config_set("maxmemory", int(full.info("memory")["used_memory"]) - 1)
+    monkeypatch.setattr(taskhub.worker_losses, "broker_redis", lambda: full)
+    task = app.tasks[RETRY]
+    task.push_request(id="full-1", retries=0, delivery_info={"routing_key": POISON_QUEUE})
+    ran = []
+    try:
+        with pytest.raises(Reject) as refused, counted_run(task, ({},), {}):
+            ran.append(True)
+    finally:
+        task.pop_request()
+        full.config_set("maxmemory", 0)
+        full.close()
+    assert refused.value.requeue is True
+    assert ran == []

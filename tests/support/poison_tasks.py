@@ -26,14 +26,14 @@ def _record_run(task: Task) -> None:
 
 
 @app.task(bind=True, name="tests.support.poison_tasks.kill_own_worker")
-def kill_own_worker(self: Task, dose: dict[str, Any]) -> None:
+def kill_own_worker(self: Task, dose: dict[str, Any], kind: str = "") -> None:
     """SIGKILL the process this runs in: a prefork pool child, or a whole gevent worker."""
     _record_run(self)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 @app.task(bind=True, name="tests.support.poison_tasks.retry_then_succeed", max_retries=None)
-def retry_then_succeed(self: Task, dose: dict[str, Any]) -> int:
+def retry_then_succeed(self: Task, dose: dict[str, Any], kind: str = "") -> int:
     """Retry at once until `dose["retries"]` retries are spent, then succeed."""
     _record_run(self)
     if self.request.retries < int(dose["retries"]):

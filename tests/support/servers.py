@@ -149,7 +149,7 @@ class MosquittoServer(_Server):
 
 def repo_autosave_changes() -> int:
     """The repo's `autosave_interval`: with `autosave_on_changes true`, how many changes Mosquitto
-    lets pass between snapshots, so one fewer is the most a SIGKILL loses."""
+    lets pass between snapshots, so the most a SIGKILL loses."""
     found = re.search(r"^autosave_interval (\d+)$", REPO_MOSQUITTO_CONF.read_text(), re.MULTILINE)
     assert found is not None, "scripts/mosquitto.conf sets no autosave_interval"
     return int(found.group(1))
