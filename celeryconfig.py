@@ -30,9 +30,11 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
 }
-# A Redis at maxmemory refuses a STARTED or result write; retry it as a lost connection is.
+# A Redis at maxmemory refuses a STARTED or result write; retry it as a lost connection is, for
+# as long as the task itself may run: a STARTED write that gave up after 5 s failed the task
+# unrun, and Celery acked it (scripts/chaos, 5 s at maxmemory: 1-2 check-ins dead-lettered).
 result_backend_transport_options = {
-    "retry_policy": {"timeout": 5.0},
+    "retry_policy": {"timeout": float(_settings.tasks.time_limit)},
     "additional_connection_errors": ("redis.exceptions.OutOfMemoryError",),
 }
 # One result backend per process. Celery keeps one per thread otherwise, and in a gevent worker

@@ -80,6 +80,7 @@ class Bridge:
         self.exit_code = 0
         self._leaving: bool | None = None
         """Decided at the stop: whether this replica leaves its share group for good."""
+        self._drained = False
         self.settings = settings
         self.deadletter_stream = stream_key(key_prefix)
         self.counters = Counters()
@@ -103,8 +104,8 @@ class Bridge:
             while not self._finished():
                 self._turn()
         finally:
-            # A session ends only with nothing unacked in it: its messages would be lost with it.
-            left_clean = not self.pending and not self.source.received and self.source.unsubscribed
+            # A session ends only with nothing unacked or queued in it: those would end with it.
+            left_clean = self._drained and not self.pending and not self.source.received
             self._abandon(len(self.pending), "still undelivered at shutdown")
             self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
@@ -128,8 +129,9 @@ class Bridge:
             return True
         if self._leaving is None:
             self._leaving = self._leave_group()
-        if self._leaving:  # everything the broker sent before the unsubscribe is delivered
-            return self.source.unsubscribed and not self.source.received and not self.pending
+        if self._leaving:  # everything the broker sent or queued for this session is delivered
+            self._drained = not self.pending and self.source.drained()
+            return self._drained
         return not self.pending
 
     def _leave_group(self) -> bool:

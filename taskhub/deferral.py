@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -46,12 +47,15 @@ def longest_hop() -> float:
     return get_settings().tasks.visibility_timeout * HOP_SHARE_OF_VISIBILITY
 
 
-def defer(task: Task, seconds: float, reason: str) -> NoReturn:
-    """Send the running task again to run in `seconds` with its retry count unchanged, and end
-    this run (the worker acks it, as for a retry; the ledger entry is refreshed)."""
+def defer(
+    task: Task, seconds: float, reason: str, headers: Mapping[str, Any] | None = None
+) -> NoReturn:
+    """Send the running task again to run in `seconds` with its retry count unchanged (and
+    `headers` added), and end this run (the worker acks it, as for a retry; the ledger entry is
+    refreshed)."""
     request = task.request
     wait = seconds * (1 + random.uniform(0, DEFER_JITTER))
-    headers = dict(request.headers or {})
+    headers = {**(request.headers or {}), **(headers or {})}
     headers[NOT_BEFORE_HEADER] = time.time() + wait
     signature = task.signature_from_request(
         request, countdown=wait, retries=request.retries, headers=headers

@@ -217,6 +217,9 @@ class TaskSettings(_Block):
     max_worker_losses: int = Field(3, ge=1)
     """How many times one task (per retry) may lose the worker running it, a pool child or a
     whole worker dying mid-run, before its next delivery is dead-lettered as `worker_lost`."""
+    worker_loss_spread: Seconds = 10.0
+    """After a loss, a task waits up to this long (its own share of it) before it runs again, so
+    tasks lost together with one that kills its worker do not keep running beside it (0: off)."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -8,11 +8,18 @@ is counted in Redis before the task's body runs, per task id and retry, and the 
 when the run ends in any way its worker saw; a count left standing is a run that took its worker
 with it. A start that finds more than `TASKHUB_TASKS__MAX_WORKER_LOSSES` of them dead-letters the
 task, settles its ledger entry and acks it, without running it.
+
+A gevent worker that dies takes every task it was running, and they all come back together, with
+the culprit among them: counted alone they would all reach the cap with it (scripts/chaos
+dead-lettered 2-6 innocent check-ins so). So a task that comes back after a loss first waits its
+own share of `TASKHUB_TASKS__WORKER_LOSS_SPREAD`, and the tasks that kept the culprit company
+scatter before it strikes again.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -24,6 +31,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub.deferral import defer
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
 from taskhub.worker import shape
@@ -38,6 +46,24 @@ POOL_WAIT_SECONDS = 10.0
 """How long a start waits for a free Redis connection before its task is given back."""
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
 """Redis cannot count a start now (unreachable, or at maxmemory): the task goes back unrun."""
+
+
+SPREAD_HEADER = "taskhub_spread_after_losses"
+"""On a task put off after a loss: how many losses it was put off for (it runs when it comes)."""
+
+
+def spread_delay(task_id: str, losses: int, window: float) -> float:
+    """How long a task waits after its `losses`-th loss: its own share of `window`, different
+    for each task and each loss, so tasks lost together come back apart, and a task that kept
+    company with one that kills its worker is unlikely to do so again."""
+    digest = hashlib.sha256(f"{task_id}:{losses}".encode()).digest()
+    return window * int.from_bytes(digest[:4], "big") / 2**32
+
+
+def _spread_after(request: Any) -> int:
+    headers = request.headers or {}
+    value = headers.get(SPREAD_HEADER) or getattr(request, SPREAD_HEADER, None)
+    return int(value or 0)
 
 
 class WorkerLostTooOften(Exception):
@@ -89,10 +115,21 @@ def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
         refused = losses >= settings.tasks.max_worker_losses
         if refused:
             _dead_letter(client, task, key, losses, args, kwargs)
+        spread = (
+            not refused
+            and losses > 0
+            and _spread_after(request) < losses
+            and settings.tasks.worker_loss_spread > 0
+        )
+        if spread:
+            client.decr(key)  # this start puts the run off; it is not one
     except REDIS_ERRORS as error:
         raise Reject(error, requeue=True) from error
     if refused:
         raise Reject(WorkerLostTooOften(_detail(losses)), requeue=False)
+    if spread:
+        delay = spread_delay(str(request.id), losses, settings.tasks.worker_loss_spread)
+        defer(task, delay, "spread after a worker loss", {SPREAD_HEADER: losses})
     try:
         yield
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.e2e
 
 WAIT_SECONDS = 30
 GROUP_MESSAGES = 20
+MID_STREAM_MESSAGES = 3000
+MID_STREAM_RATE = 1500.0
 
 
 def _bridge(log_dir: Path, name: str, client_id: str, **env: str) -> Process:
@@ -83,13 +86,20 @@ def test_a_bridge_restarted_after_a_crash_waits_only_for_the_lease_to_lapse(
         bridge.terminate()
 
 
-def _group_member(log_dir: Path, name: str, mosquitto: MosquittoServer, group: str) -> Process:
+def _group_member(
+    log_dir: Path,
+    name: str,
+    mosquitto: MosquittoServer,
+    group: str,
+    env: dict[str, str] | None = None,
+) -> Process:
     return _bridge(
         log_dir,
         name,
         f"{get_settings().mqtt.client_id}-{name}",
         TASKHUB_MQTT__PORT=str(mosquitto.port),
         TASKHUB_MQTT__SHARE_GROUP=group,
+        **(env or {}),
     ).start()
 
 
@@ -119,6 +129,38 @@ def test_a_replica_that_leaves_its_share_group_strands_nothing(
         staying.terminate()
     assert "leaving the share group" in leaving.output()
     assert "leaving the share group" not in staying.output()
+
+
+def test_a_replica_leaving_mid_stream_delivers_everything_queued_for_it(
+    broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
+) -> None:
+    """Mosquitto writes a message it gave the leaving replica just before the UNSUBSCRIBE after
+    the UNSUBACK; the replica ends its session only once a ping round trip brings nothing more."""
+    mqtt = get_settings().mqtt.model_copy(update={"port": private_mosquitto.port})
+    staying = _group_member(log_dir, "stays", private_mosquitto, "midstream")
+    leaving = _group_member(log_dir, "leaves", private_mosquitto, "midstream")
+    published: list[str] = []
+    feed = threading.Thread(
+        target=lambda: published.extend(
+            publish_checkins(MID_STREAM_MESSAGES, id_base=65_000, rate=MID_STREAM_RATE, mqtt=mqtt)
+        )
+    )
+    try:
+        for member in (staying, leaving):
+            member.wait_output(BRIDGE_READY, timeout=WAIT_SECONDS, count=2)
+        feed.start()
+        wait_for(lambda: broker_redis.llen("checkins") > 0, WAIT_SECONDS, "the stream flowing")
+        assert leaving.terminate() == 0  # while the broker is still giving it every other one
+        feed.join(timeout=WAIT_SECONDS)
+        wait_for(
+            lambda: _tweets_queued(broker_redis) == set(published),
+            WAIT_SECONDS,
+            f"all {MID_STREAM_MESSAGES} messages, some given to the replica that left",
+        )
+    finally:
+        staying.terminate()
+        leaving.kill()
+    assert "leaving the share group" in leaving.output()
 
 
 def test_replicas_stopping_together_leave_one_session_that_keeps_the_share(

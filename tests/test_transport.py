@@ -9,6 +9,9 @@ import time
 
 import redis
 from kombu.connection import Connection
+from kombu.entity import Queue
+
+from tests.support.servers import RedisServer
 
 TRANSPORT = "taskhub.transport:Transport"
 
@@ -32,3 +35,34 @@ def test_one_client_object_serves_every_command_of_a_channel() -> None:
     with Connection(url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         assert channel._create_client() is channel._create_client()
+
+
+def test_a_task_given_back_while_redis_is_full_stays_unacked_without_waiting(
+    private_redis: RedisServer,
+) -> None:
+    """kombu moves a rejected task from the unacked hash to its queue in one transaction: at
+    maxmemory the move is refused and the task stays in the hash. Waiting for memory instead
+    held it past its hard time limit, and Celery acked it as failed."""
+    with Connection(
+        private_redis.url, transport=TRANSPORT, transport_options={"visibility_timeout": 0}
+    ) as conn:
+        queue = Queue("given-back", routing_key="given-back")
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="given-back", declare=[queue])
+        message = conn.default_channel.basic_get("given-back", no_ack=False)
+        assert message is not None
+        admin = redis.Redis.from_url(private_redis.url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 1)
+        try:
+            started = time.monotonic()
+            message.reject(requeue=True)
+            assert time.monotonic() - started < 1.0, "the reject waited for memory"
+            assert admin.hlen("unacked") == 1
+            assert admin.llen("given-back") == 0
+        finally:
+            admin.config_set("maxmemory", 0)
+        conn.default_channel.qos.restore_visible(num=10, interval=0)  # as after the timeout
+        assert admin.llen("given-back") == 1
+        assert admin.hlen("unacked") == 0
+        admin.close()

@@ -35,7 +35,11 @@ TIME_LIMIT = 10
 VISIBILITY = TIME_LIMIT + 2
 """Seconds before a dead gevent worker's task comes back: as short as the settings allow."""
 WORKER_ARGS = {"prefork": ("-P", "prefork", "-c", "1"), "gevent": ("-P", "gevent", "-c", "4")}
+SPREAD = 4.0
+"""TASKHUB_TASKS__WORKER_LOSS_SPREAD here: short, to keep the tests short."""
 KILL = "tests.support.poison_tasks.kill_own_worker"
+SLEEP = "tests.support.poison_tasks.sleep_then_succeed"
+INNOCENT_SECONDS = 0.5
 RETRY = "tests.support.poison_tasks.retry_then_succeed"
 KOMBU_UNACKED_INDEX = KOMBU_UNACKED + "_index"
 ROUND_TIMEOUT = VISIBILITY + 60
@@ -53,6 +57,7 @@ def worker_env() -> dict[str, str]:
     return {
         "TASKHUB_ROUTES": "tests.support.poison_routes:ROUTES",
         "TASKHUB_TASKS__MAX_WORKER_LOSSES": str(MAX_LOSSES),
+        "TASKHUB_TASKS__WORKER_LOSS_SPREAD": str(SPREAD),
         "TASKHUB_TASKS__SOFT_TIME_LIMIT": str(TIME_LIMIT - 1),
         "TASKHUB_TASKS__TIME_LIMIT": str(TIME_LIMIT),
         "TASKHUB_TASKS__RETRY_BACKOFF_MAX": "1",
@@ -85,7 +90,7 @@ def poison_worker(
         process.kill()
 
 
-def _enqueue(task: str, identity: str, dose: dict[str, int]) -> str:
+def _enqueue(task: str, identity: str, dose: dict[str, float]) -> str:
     """Land the task as the bridge does: on its queue and in the ledger, in one transaction."""
     settings = get_settings()
     keys = LedgerKeys.for_prefix(settings.key_prefix)
@@ -151,7 +156,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_as_worker_lost_after_the_
     assert len(set(runs)) == MAX_LOSSES, "each run is in a process of its own, killed by it"
     assert restarts == (MAX_LOSSES if pool == "gevent" else 0)
     deliveries = poison_worker.output().count(f"[{task_id}] received")
-    assert deliveries == MAX_LOSSES + 1
+    assert deliveries == 2 * MAX_LOSSES, "each run, each spread after a loss, and the refusal"
     (letter,) = _letters(broker_redis)
     assert letter.reason is Reason.WORKER_LOST
     assert letter.task is not None
@@ -176,6 +181,46 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_as_worker_lost_after_the_
 
 
 @pytest.mark.parametrize("pool", ["prefork"])
+def _innocent_identity(poison_id: str) -> str:
+    """An identity whose task, after the loss both share, comes back well apart from the poison
+    (the spread is fixed per task id and loss, so the test can choose one)."""
+    from taskhub.worker_losses import spread_delay
+
+    poison_back = spread_delay(poison_id, 1, SPREAD)
+    for n in range(1000):
+        innocent_id = deterministic_task_id(SLEEP, f"innocent-{n}")
+        if abs(spread_delay(innocent_id, 1, SPREAD) - poison_back) > 3 * INNOCENT_SECONDS:
+            return f"innocent-{n}"
+    raise AssertionError("no identity spreads apart from the poison")
+
+
+def test_a_task_lost_beside_a_poison_runs_again_and_is_not_dead_lettered(
+    broker_redis: redis.Redis, log_dir: Path, worker_env: dict[str, str]
+) -> None:
+    """A gevent worker that a poison task kills takes its other tasks with it; they come back
+    with the poison, each waits its own spread, and the innocent one then succeeds."""
+    argv = celery("worker", *WORKER_ARGS["gevent"], "-l", "INFO", "-n", "bystander@%h")
+    worker = Process("bystander", argv, log_dir, worker_env).start()
+    try:
+        worker.wait_output(WORKER_READY, timeout=60)
+        poison_id = deterministic_task_id(KILL, "beside")
+        dose = {"first_run_seconds": 30, "seconds": INNOCENT_SECONDS}
+        innocent_id = _enqueue(SLEEP, _innocent_identity(poison_id), dose)
+        wait_for(lambda: bool(_runs(broker_redis, innocent_id)), 30, "the innocent task running")
+        assert _enqueue(KILL, "beside", {}) == poison_id
+
+        def settled() -> bool:
+            finished = _status(broker_redis, innocent_id) in ("SUCCESS", "FAILURE")
+            return finished and bool(_letters(broker_redis))
+
+        _supervise(worker, settled, restart_limit=MAX_LOSSES + 1)
+    finally:
+        worker.kill()
+    letters = _letters(broker_redis)
+    assert [letter.task.task_id for letter in letters if letter.task] == [poison_id]
+    assert _status(broker_redis, innocent_id) == "SUCCESS"
+
+
 def test_a_task_retried_more_often_than_the_cap_is_no_worker_loss(
     broker_redis: redis.Redis, poison_worker: Process
 ) -> None:

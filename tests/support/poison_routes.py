@@ -15,6 +15,8 @@ class Dose(Payload):
     """What a poison task is asked to do; `retries` only for the retrying one."""
 
     retries: int = 0
+    seconds: float = 0.0
+    first_run_seconds: float = 0.0
 
 
 ROUTES = (

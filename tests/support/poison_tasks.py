@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import redis
@@ -19,10 +20,12 @@ def runs_key(task_id: str) -> str:
     return f"{get_settings().key_prefix}:test:runs:{task_id}"
 
 
-def _record_run(task: Task) -> None:
+def _record_run(task: Task) -> int:
+    """Record this run; which run of the task it is (1 for the first)."""
     client = redis.Redis.from_url(get_settings().broker_url.get_secret_value())
-    client.rpush(runs_key(str(task.request.id)), os.getpid())
+    runs = int(client.rpush(runs_key(str(task.request.id)), os.getpid()))
     client.close()
+    return runs
 
 
 @app.task(bind=True, name="tests.support.poison_tasks.kill_own_worker")
@@ -39,3 +42,12 @@ def retry_then_succeed(self: Task, dose: dict[str, Any], kind: str = "") -> int:
     if self.request.retries < int(dose["retries"]):
         raise self.retry(countdown=0)
     return int(self.request.retries)
+
+
+@app.task(bind=True, name="tests.support.poison_tasks.sleep_then_succeed")
+def sleep_then_succeed(self: Task, dose: dict[str, Any], kind: str = "") -> str:
+    """An innocent task: its first run takes `dose["first_run_seconds"]`, long enough to be caught
+    beside a poison; any later run takes `dose["seconds"]`."""
+    runs = _record_run(self)
+    time.sleep(float(dose["first_run_seconds"] if runs == 1 else dose["seconds"]))
+    return "done"
