@@ -4,6 +4,7 @@ worker needs that Celery does not give it: pools sized for its concurrency, gree
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -12,10 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import platforms
 from celery.signals import worker_init
 
 from taskhub.routes import WorkerPool
+from taskhub.settings import get_settings
 
 log = logging.getLogger("taskhub.worker")
 
@@ -48,6 +51,27 @@ _slot_lender: Callable[[], Any] | None = None
 
 def shape() -> WorkerShape:
     return _shape
+
+
+BROKER_POOL_WAIT_SECONDS = 10.0
+"""How long a worker's own write to the broker's Redis waits for a free connection."""
+
+
+@functools.cache
+def _broker_for(pid: int) -> redis.Redis:
+    # Sized like the effect store's pool: a gevent worker writes for every one of its tasks at once.
+    pool = redis.BlockingConnectionPool.from_url(
+        get_settings().broker_url.get_secret_value(),
+        max_connections=shape().connections,
+        timeout=BROKER_POOL_WAIT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def broker_redis() -> redis.Redis:
+    """This process's client for the broker's Redis, where the queues, the ledger and the dead
+    letters are (pool children each get their own), for taskhub's own writes beside kombu's."""
+    return _broker_for(os.getpid())
 
 
 def is_green() -> bool:

@@ -18,10 +18,8 @@ scatter before it strikes again.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +32,7 @@ from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
 from taskhub.deferral import defer
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
-from taskhub.worker import shape
+from taskhub.worker import broker_redis
 
 log = logging.getLogger("taskhub.worker")
 
@@ -42,8 +40,6 @@ LOSS_MEMORY_SECONDS = 86_400
 """A task's count is kept this long after its last start (at least twice the visibility timeout,
 which bounds how soon a lost worker's task comes back). One that comes back later starts counting
 again: that errs toward running it, never toward losing it."""
-POOL_WAIT_SECONDS = 10.0
-"""How long a start waits for a free Redis connection before its task is given back."""
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
 """Redis cannot count a start now (unreachable, or at maxmemory): the task goes back unrun."""
 
@@ -75,23 +71,6 @@ def losses_key(key_prefix: str, task_id: str, retries: int) -> str:
     """The count of one delivery chain: a retry is a new run with its own count, so a task that
     fails and retries is never mistaken for one that kills its worker."""
     return f"{key_prefix}:worker_losses:{task_id}:{retries}"
-
-
-@functools.cache
-def _redis_for(pid: int) -> redis.Redis:
-    # Sized like the effect store's pool: a gevent worker counts every one of its tasks at once.
-    pool = redis.BlockingConnectionPool.from_url(
-        get_settings().broker_url.get_secret_value(),
-        max_connections=shape().connections,
-        timeout=POOL_WAIT_SECONDS,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-def broker_redis() -> redis.Redis:
-    """This process's client for the broker's Redis, where the queues, the ledger and the dead
-    letters are (pool children each get their own)."""
-    return _redis_for(os.getpid())
 
 
 @contextmanager

@@ -13,8 +13,6 @@ sweep) is absorbed as a duplicate, which settles it without running the effect a
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 from typing import Any
 
@@ -24,8 +22,8 @@ from redis.client import Pipeline
 
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
-from taskhub.worker import shape
-from tasks.store import POOL_WAIT_SECONDS, store_redis
+from taskhub.worker import broker_redis
+from tasks.store import store_redis
 
 
 def ledger_keys() -> LedgerKeys:
@@ -41,19 +39,9 @@ def ledger_in_store() -> bool:
     return settings.store_redis_url == settings.broker_url.get_secret_value()
 
 
-@functools.cache
-def _broker_for(pid: int) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(
-        get_settings().broker_url.get_secret_value(),
-        max_connections=shape().connections,
-        timeout=POOL_WAIT_SECONDS,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
 def ledger_redis() -> redis.Redis:
     """This process's client for the ledger: the broker's Redis (pool children get their own)."""
-    return store_redis() if ledger_in_store() else _broker_for(os.getpid())
+    return store_redis() if ledger_in_store() else broker_redis()
 
 
 def settle_in_commit(pipe: Pipeline, task_id: str) -> None:
