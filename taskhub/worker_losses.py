@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,9 @@ LOSS_MEMORY_SECONDS = 86_400
 """A task's count is kept this long after its last start (at least twice the visibility timeout,
 which bounds how soon a lost worker's task comes back). One that comes back later starts counting
 again: that errs toward running it, never toward losing it."""
+CLEAR_PATIENCE_SECONDS = 6.0
+"""How long the end of a run keeps trying to clear its count while Redis is away."""
+CLEAR_FIRST_WAIT_SECONDS = 0.2
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
 """Redis cannot count a start now (unreachable, or at maxmemory): the task goes back unrun."""
 
@@ -112,10 +116,25 @@ def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        _clear(client, key, str(request.id))
+
+
+def _clear(client: redis.Redis, key: str, task_id: str) -> None:
+    """Clear a run's count, waiting out a short Redis outage: a count left standing is taken for
+    a lost worker at the next start (scripts/chaos: a Redis restart made one task's run look lost,
+    and the task was dead-lettered)."""
+    deadline = time.monotonic() + CLEAR_PATIENCE_SECONDS
+    wait = CLEAR_FIRST_WAIT_SECONDS
+    while True:
         try:
             client.delete(key)
-        except REDIS_ERRORS as error:  # counted as a loss at most; the key expires
-            log.warning("task %s: worker-loss count not cleared: %s", request.id, error)
+            return
+        except REDIS_ERRORS as error:
+            if time.monotonic() + wait > deadline:  # counted as a loss at most; the key expires
+                log.warning("task %s: worker-loss count not cleared: %s", task_id, error)
+                return
+        time.sleep(wait)  # gevent's sleep in a gevent worker: other tasks run meanwhile
+        wait *= 2
 
 
 def _detail(losses: int) -> str:

@@ -75,7 +75,6 @@ SHARE_GROUP = "chaos"
 """Both bridges split the stream in this group, until one leaves it for good."""
 POISON_ROUTES = "tests.support.poison_routes:ROUTES"
 """The project's routes plus a `poison` route whose task SIGKILLs the process running it."""
-MAX_WORKER_LOSSES = 2
 POISON_TIMEOUT = 240.0
 """Longest wait for the poison task's `worker_lost` letter (each loss waits out the visibility)."""
 REDIS_FULL_SECONDS = 5.0
@@ -157,7 +156,6 @@ class Chaos:
             "REMAP_SIGTERM": "SIGQUIT",
             "TASKHUB_MQTT__SHARE_GROUP": SHARE_GROUP,
             "TASKHUB_ROUTES": POISON_ROUTES,
-            "TASKHUB_TASKS__MAX_WORKER_LOSSES": str(MAX_WORKER_LOSSES),
         }
         self.processes: list[Process] = []
         self.publisher: SequencedPublisher | None = None

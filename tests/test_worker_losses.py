@@ -280,3 +280,35 @@ def test_a_start_that_a_full_redis_cannot_count_goes_back_to_its_queue(
         full.close()
     assert refused.value.requeue is True
     assert ran == []
+
+
+def test_a_run_that_ends_while_redis_is_briefly_away_still_clears_its_count(
+    broker_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count left standing reads as a lost worker at the next start: the end of a run waits
+    out a short outage to clear it (the chaos suite's Redis restart dead-lettered a task so)."""
+    import taskhub.worker_losses
+    from taskhub.celery import app
+    from taskhub.worker_losses import counted_run
+
+    refusals = iter([True, True, False])
+    delete = broker_redis.delete
+
+    class Flaky:
+        def __getattr__(self, name: str) -> object:
+            return getattr(broker_redis, name)
+
+        def delete(self, *keys: str) -> int:
+            if next(refusals):
+                raise redis.ConnectionError("Redis is restarting")
+            return int(delete(*keys))
+
+    monkeypatch.setattr(taskhub.worker_losses, "broker_redis", Flaky)
+    task = app.tasks[RETRY]
+    task.push_request(id="flaky-1", retries=0, delivery_info={"routing_key": POISON_QUEUE})
+    try:
+        with counted_run(task, ({},), {}):
+            assert len(_loss_counts(broker_redis)) == 1
+    finally:
+        task.pop_request()
+    assert _loss_counts(broker_redis) == []
