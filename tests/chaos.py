@@ -315,15 +315,21 @@ class Chaos:
                 if time.monotonic() > deadline:
                     self.note("the poison task was never dead-lettered")
                     return
-                for worker in self.workers:
-                    assert worker.popen is not None
-                    if worker.popen.poll() is not None:
-                        self.note(f"{worker.name} killed by the poison task: restarted")
-                        worker.start().wait_output(WORKER_READY, timeout=60)
+                self.supervise()
                 time.sleep(0.2)
         finally:
             store.close()
+        self.supervise()
         self.note("poison task dead-lettered as worker_lost")
+
+    def supervise(self) -> None:
+        """Restart a worker that died by no fault of the suite's (the poison task), as systemd
+        or Kubernetes would."""
+        for worker in self.workers:
+            assert worker.popen is not None
+            if worker.popen.poll() is not None:
+                self.note(f"{worker.name} died (the poison task): restarted")
+                worker.start().wait_output(WORKER_READY, timeout=60)
 
     def fill_redis(self) -> None:
         """Redis at maxmemory (noeviction) for a while: the bridge pauses, workers wait."""
@@ -545,6 +551,7 @@ def run_chaos(
                 fault = strike.pop(0) if strike else None
             if fault is not None:
                 fault()
+            chaos.supervise()
             feeder.join(timeout=0.1)
         chaos.note(f"published {messages}")
         republished = publisher.confirm(timeout=120)
@@ -559,6 +566,7 @@ def run_chaos(
         def settled() -> bool:
             """Every check-in has its effect, or else the broker may have lost it and nothing
             is left to run: queues, unacked and ledger empty, unchanged for QUIET_SECONDS."""
+            chaos.supervise()
             counts = count_effects(store)
             missing = {seq for seq in range(messages) if counts[seq] == 0}
             if not missing:
