@@ -19,6 +19,7 @@ from bridge.messages import MessageBuilder, TaskCall
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.routes import RouteTable
+from taskhub.worker_losses import losses_key
 
 CHUNK = 200
 
@@ -114,5 +115,9 @@ class Replayer:
             )
             for call, body in bodies:
                 pipe.lpush(call.queue, body)
+            for letter, call in ready:  # a replayed task starts with no worker losses
+                if letter.reason is Reason.WORKER_LOST and letter.task is not None:
+                    for retries in range(letter.task.retries + 1):
+                        pipe.delete(losses_key(self.store.key_prefix, call.task_id, retries))
             pipe.xdel(self.store.key, *(letter.id for letter, _ in ready))
             pipe.execute()

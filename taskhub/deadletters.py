@@ -232,6 +232,7 @@ class DeadLetterStore:
 
     def __init__(self, client: redis.Redis, key_prefix: str, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.redis = client
+        self.key_prefix = key_prefix
         self.key = stream_key(key_prefix)
         self.maxlen = maxlen
 

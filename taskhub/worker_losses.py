@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task
@@ -44,6 +44,9 @@ again: that errs toward running it, never toward losing it."""
 CLEAR_PATIENCE_SECONDS = 6.0
 """How long the end of a run keeps trying to clear its count while Redis is away."""
 CLEAR_FIRST_WAIT_SECONDS = 0.2
+LETTERED = "lettered"
+"""What a task's count becomes once it is dead-lettered: a later copy of it (a sweep and a
+restore can both bring one back) is dropped unrun, with no second letter; a replay clears it."""
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
 """Redis cannot count a start now (unreachable, or at maxmemory): the task goes back unrun."""
 
@@ -87,13 +90,16 @@ def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
     settings = get_settings()
     request = task.request
     key = losses_key(settings.key_prefix, str(request.id), int(request.retries or 0))
-    memory = max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))
+    memory = _memory_seconds()
     client = broker_redis()
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, memory)
-            starts, _ = pipe.execute()
+            try:
+                starts, _ = pipe.execute()
+            except redis.ResponseError:  # INCR on LETTERED: another copy was refused already
+                _drop_lettered_copy(client, task)
         losses = int(starts) - 1  # the earlier starts that never ended
         refused = losses >= settings.tasks.max_worker_losses
         if refused:
@@ -137,6 +143,10 @@ def _clear(client: redis.Redis, key: str, task_id: str) -> None:
         wait *= 2
 
 
+def _memory_seconds() -> int:
+    return max(LOSS_MEMORY_SECONDS, int(2 * get_settings().tasks.visibility_timeout))
+
+
 def _detail(losses: int) -> str:
     return f"its worker was lost {losses} times while running it (a pool child or worker died)"
 
@@ -167,6 +177,19 @@ def _dead_letter(
     with client.pipeline(transaction=True) as pipe:
         store.add_to(pipe, letter)
         settle(pipe, LedgerKeys.for_prefix(settings.key_prefix), str(request.id))
-        pipe.delete(key)
+        pipe.set(
+            key, LETTERED, ex=max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))
+        )
         pipe.execute()
     log.error("task %s[%s] dead-lettered as worker_lost: %s", task.name, request.id, letter.detail)
+
+
+def _drop_lettered_copy(client: redis.Redis, task: Task) -> NoReturn:
+    """Another copy of a task already dead-lettered as worker_lost (a sweep and a restore can
+    both bring one back): settle it and ack it unrun, with no second letter."""
+    settings = get_settings()
+    with client.pipeline(transaction=True) as pipe:
+        settle(pipe, LedgerKeys.for_prefix(settings.key_prefix), str(task.request.id))
+        pipe.execute()
+    log.warning("task %s[%s]: a copy of a worker_lost task, dropped", task.name, task.request.id)
+    raise Reject(WorkerLostTooOften("another copy was dead-lettered as worker_lost"), requeue=False)

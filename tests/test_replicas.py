@@ -3,8 +3,6 @@ the dead bridge's lease to lapse."""
 
 from __future__ import annotations
 
-import base64
-import json
 import signal
 import threading
 import time
@@ -17,6 +15,7 @@ from bridge.replicas import HEARTBEAT_SECONDS, LEASE_SECONDS
 from taskhub.settings import get_settings
 from tests.conftest import publish_checkins
 from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
+from tests.support.queues import queued_tweet_ids
 from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
@@ -103,12 +102,6 @@ def _group_member(
     ).start()
 
 
-def _tweets_queued(client: redis.Redis) -> set[str]:
-    messages = [json.loads(raw) for raw in client.lrange("checkins", 0, -1)]
-    calls = [json.loads(base64.b64decode(message["body"])) for message in messages]
-    return {args[0]["id"] for args, _kwargs, _embed in calls}
-
-
 def test_a_replica_that_leaves_its_share_group_strands_nothing(
     broker_redis: redis.Redis, log_dir: Path, private_mosquitto: MosquittoServer
 ) -> None:
@@ -121,7 +114,7 @@ def test_a_replica_that_leaves_its_share_group_strands_nothing(
         assert leaving.terminate() == 0  # a scale-down: it never comes back
         tweet_ids = set(publish_checkins(GROUP_MESSAGES, id_base=63_000, mqtt=mqtt))
         wait_for(
-            lambda: _tweets_queued(broker_redis) == tweet_ids,
+            lambda: set(queued_tweet_ids(broker_redis)) == tweet_ids,
             WAIT_SECONDS,
             f"all {GROUP_MESSAGES} messages through the replica that stayed",
         )
@@ -153,7 +146,7 @@ def test_a_replica_leaving_mid_stream_delivers_everything_queued_for_it(
         assert leaving.terminate() == 0  # while the broker is still giving it every other one
         feed.join(timeout=WAIT_SECONDS)
         wait_for(
-            lambda: _tweets_queued(broker_redis) == set(published),
+            lambda: set(queued_tweet_ids(broker_redis)) == set(published),
             WAIT_SECONDS,
             f"all {MID_STREAM_MESSAGES} messages, some given to the replica that left",
         )
@@ -181,7 +174,7 @@ def test_replicas_stopping_together_leave_one_session_that_keeps_the_share(
     stayed[0].start()
     try:
         wait_for(
-            lambda: _tweets_queued(broker_redis) == tweet_ids,
+            lambda: set(queued_tweet_ids(broker_redis)) == tweet_ids,
             WAIT_SECONDS,
             f"all {GROUP_MESSAGES} messages, queued for the session that stayed",
         )

@@ -3,7 +3,6 @@ resumes the session does not enqueue it again (MQTT 5 Retain Handling, and the R
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttProtocol, get_settings
 from tests.conftest import checkin_tweet
 from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
+from tests.support.queues import queued_tweet_ids
 from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +32,6 @@ def _publish(port: int, tweet_id: str, *, retain: bool) -> None:
     client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT_SECONDS)
     client.disconnect()
     client.loop_stop()
-
-
-def _tweets_queued(client: redis.Redis) -> list[str]:
-    messages = [json.loads(raw) for raw in client.lrange("checkins", 0, -1)]
-    calls = [json.loads(base64.b64decode(message["body"])) for message in messages]
-    return [args[0]["id"] for args, _kwargs, _embed in calls]
 
 
 @pytest.mark.parametrize("protocol", [MqttProtocol.V5, MqttProtocol.V311])
@@ -67,14 +61,14 @@ def test_a_retained_message_is_enqueued_once_across_bridge_restarts(
             marker = f"70000000000000010{start}"
             _publish(private_mosquitto.port, marker, retain=False)
             wait_for(
-                lambda marker=marker: marker in _tweets_queued(broker_redis),  # type: ignore[misc]
+                lambda marker=marker: marker in queued_tweet_ids(broker_redis),  # type: ignore[misc]
                 WAIT_SECONDS,
                 f"live message {marker} queued",
             )
             assert bridge.terminate() == 0
     finally:
         bridge.kill()
-    queued = _tweets_queued(broker_redis)
+    queued = queued_tweet_ids(broker_redis)
     assert queued.count("700000000000000001") == 1, queued
     if (
         protocol is MqttProtocol.V311

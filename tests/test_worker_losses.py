@@ -175,7 +175,9 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_as_worker_lost_after_the_
     assert _status(broker_redis, task_id) == "FAILURE"
     keys = LedgerKeys.for_prefix(get_settings().key_prefix)
     assert broker_redis.zscore(keys.index, task_id) is None, "its ledger entry is settled"
-    assert _loss_counts(broker_redis) == []
+    lettered = [f"{get_settings().key_prefix}:worker_losses:{task_id}:0"]
+    assert _loss_counts(broker_redis) == lettered, "its count became the LETTERED mark"
+    assert broker_redis.get(lettered[0]) == b"lettered"
     assert poison_worker.popen is not None
     assert poison_worker.popen.poll() is None, "the worker outlived the task"
 
@@ -312,3 +314,56 @@ def test_a_run_that_ends_while_redis_is_briefly_away_still_clears_its_count(
     finally:
         task.pop_request()
     assert _loss_counts(broker_redis) == []
+
+
+def test_a_copy_of_a_task_already_dead_lettered_is_dropped_unrun_without_a_second_letter(
+    broker_redis: redis.Redis,
+) -> None:
+    """A sweep and a visibility restore can both bring a lost task back: the copy that comes
+    after the letter must neither run (it would kill N more workers) nor write another letter."""
+    from taskhub.celery import app
+    from taskhub.worker_losses import LETTERED, counted_run, losses_key
+
+    broker_redis.set(losses_key(get_settings().key_prefix, "copied-1", 0), LETTERED)
+    task = app.tasks[KILL]
+    task.push_request(id="copied-1", retries=0, delivery_info={"routing_key": POISON_QUEUE})
+    ran = []
+    try:
+        with pytest.raises(Reject) as refused, counted_run(task, ({},), {}):
+            ran.append(True)
+    finally:
+        task.pop_request()
+    assert refused.value.requeue is False
+    assert ran == []
+    assert _letters(broker_redis) == []
+
+
+def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
+    broker_redis: redis.Redis,
+) -> None:
+    from bridge.replay import Replayer
+    from taskhub.celery import app
+    from taskhub.deadletters import FailedTask
+    from taskhub.routes import RouteTable
+    from taskhub.worker_losses import LETTERED, losses_key
+    from tests.support import poison_routes
+
+    settings = get_settings()
+    task_id = deterministic_task_id(KILL, "replayed")
+    key = losses_key(settings.key_prefix, task_id, 0)
+    broker_redis.set(key, LETTERED)
+    store = DeadLetterStore(broker_redis, settings.key_prefix)
+    failed = FailedTask(KILL, task_id, POISON_QUEUE, [{}], {"kind": "x"}, "WorkerLostTooOften")
+    store.add(DeadLetter(Reason.WORKER_LOST, "lost 3 times", route=POISON_QUEUE, task=failed))
+    routes = RouteTable([route for route in poison_routes.ROUTES if route.queue == POISON_QUEUE])
+    replayer = Replayer(
+        store,
+        routes,
+        MessageBuilder.for_tasks(app, routes.task_queues),
+        LedgerKeys.for_prefix(settings.key_prefix),
+        settings.bridge.max_payload_bytes,
+    )
+    report = replayer.replay(store.scan())
+    assert len(report.replayed) == 1, report
+    assert broker_redis.exists(key) == 0
+    assert broker_redis.llen(POISON_QUEUE) == 1

@@ -4,8 +4,9 @@ TASKHUB_ROUTES points here in the worker-loss tests, so their workers import tho
 
 from __future__ import annotations
 
+from taskhub import routes as project
 from taskhub.payloads import Payload
-from taskhub.routes import ROUTES, Route
+from taskhub.routes import Route
 from taskhub.topics import TopicPattern
 
 POISON_QUEUE = "poison"
@@ -20,7 +21,7 @@ class Dose(Payload):
 
 
 ROUTES = (
-    *ROUTES,
+    *project.ROUTES,
     Route(
         pattern=TopicPattern("poison/{kind}/kill"),
         task="tests.support.poison_tasks.kill_own_worker",
