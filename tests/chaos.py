@@ -75,8 +75,6 @@ SHARE_GROUP = "chaos"
 """Both bridges split the stream in this group, until one leaves it for good."""
 POISON_ROUTES = "tests.support.poison_routes:ROUTES"
 """The project's routes plus a `poison` route whose task SIGKILLs the process running it."""
-POISON_TIMEOUT = 240.0
-"""Longest wait for the poison task's `worker_lost` letter (each loss waits out the visibility)."""
 REDIS_FULL_SECONDS = 5.0
 """How long Redis stays at maxmemory: part of the scenario, as the Redis outage's 2 s are."""
 
@@ -297,8 +295,9 @@ class Chaos:
         self.note(f"SIGTERM bridge-b for good (exit {code}, left the group: {left})")
 
     def poison(self) -> None:
-        """A task that SIGKILLs whatever runs it: its worker dies (restarted, as a supervisor
-        would) until the task is dead-lettered as worker_lost."""
+        """A task that SIGKILLs whatever runs it: its worker dies, and dies again, while the
+        stream and the other faults go on, until the task is dead-lettered as worker_lost (the
+        settle wait waits for that letter too)."""
         settings = MqttSettings(port=self.mosquitto.port)
         client = new_client(settings, f"chaos-{os.getpid()}-poisoner", persistent=False)
         client.connect(**connect_arguments(settings, persistent=False))
@@ -308,19 +307,6 @@ class Chaos:
         client.disconnect()
         client.loop_stop()
         self.note("published a task that kills its worker")
-        store = redis.Redis.from_url(self.redis.url)
-        deadline = time.monotonic() + POISON_TIMEOUT
-        try:
-            while not _worker_lost_letters(store):
-                if time.monotonic() > deadline:
-                    self.note("the poison task was never dead-lettered")
-                    return
-                self.supervise()
-                time.sleep(0.2)
-        finally:
-            store.close()
-        self.supervise()
-        self.note("poison task dead-lettered as worker_lost")
 
     def supervise(self) -> None:
         """Restart a worker that died by no fault of the suite's (the poison task), as systemd
@@ -567,6 +553,8 @@ def run_chaos(
             """Every check-in has its effect, or else the broker may have lost it and nothing
             is left to run: queues, unacked and ledger empty, unchanged for QUIET_SECONDS."""
             chaos.supervise()
+            if not _worker_lost_letters(store):
+                return False  # the poison task is still at work
             counts = count_effects(store)
             missing = {seq for seq in range(messages) if counts[seq] == 0}
             if not missing:
