@@ -16,9 +16,11 @@ from pydantic import ValidationError
 
 from bridge.intake import Intake, RawMessage, first_error
 from bridge.messages import MessageBuilder, TaskCall
+from taskhub.celery import app
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.routes import RouteTable
+from taskhub.settings import Settings
 from taskhub.worker_losses import losses_key
 
 CHUNK = 200
@@ -47,6 +49,17 @@ class Replayer:
         self.intake = Intake(routes, max_payload_bytes)
         self.builder = builder
         self.ledger = ledger
+
+    @classmethod
+    def for_routes(cls, store: DeadLetterStore, routes: RouteTable, settings: Settings) -> Replayer:
+        """A replayer that builds task messages as the bridge does, for `routes`' tasks."""
+        return cls(
+            store,
+            routes,
+            MessageBuilder.for_tasks(app, routes.task_queues),
+            LedgerKeys.for_prefix(settings.key_prefix),
+            settings.bridge.max_payload_bytes,
+        )
 
     def judge(self, letter: DeadLetter) -> TaskCall | tuple[Reason, str] | str:
         """The task call `letter` yields today, the reason it is still refused, or why it can

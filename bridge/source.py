@@ -80,7 +80,6 @@ class MqttSource:
         """Messages read and not yet taken by the bridge, oldest first."""
         self.shed = 0
         """Messages read past `read_ahead` on this connection and dropped unacked."""
-        self.shed_total = 0
         self._closing = False
         self.connection = 0
         self.connected = False
@@ -343,16 +342,22 @@ class MqttSource:
         self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, properties: bytes
     ) -> None:
         """A QoS 0/1 message from the bulk receive path."""
-        self.messages_read += 1
-        if self.shed or len(self.received) >= self.settings.read_ahead:
-            # Once one is shed, every later one is too, so the acks given stay a prefix of what
-            # arrived and the broker resends the rest, in order, after the reconnect.
-            self.shed += 1
-            self.shed_total += 1
+        if self._shedding():
             return
         lazy = functools.partial(decode_properties, properties) if properties else dict
         raw = RawMessage(topic, payload, lazy)
         self.received.append(Received(raw, mid, qos, self.connection, self._replayed(retain)))
+
+    def _shedding(self) -> bool:
+        """Count a message read, and say whether it is shed (left unacked past the read-ahead).
+
+        Once one is shed, every later one is too, so the acks given stay a prefix of what
+        arrived and the broker resends the rest, in order, after the reconnect.
+        """
+        self.messages_read += 1
+        if self.shed or len(self.received) >= self.settings.read_ahead:
+            self.shed += 1
+        return self.shed > 0
 
     def _replayed(self, retain: bool) -> bool:
         """Whether a message is a retained one sent again for a re-made subscription.
@@ -370,10 +375,7 @@ class MqttSource:
             topic = message.topic
         except UnicodeDecodeError:
             topic = bytes(message._topic).decode("utf-8", "replace")
-        self.messages_read += 1
-        if self.shed or len(self.received) >= self.settings.read_ahead:
-            self.shed += 1
-            self.shed_total += 1
+        if self._shedding():
             return
         raw = RawMessage(topic, bytes(message.payload), functools.partial(_properties_of, message))
         replayed = self._replayed(bool(message.retain))

@@ -210,19 +210,10 @@ def _replay(
     which: LetterFilter,
     dry_run: bool,
 ) -> int:
-    from bridge.messages import MessageBuilder
     from bridge.replay import Replayer
-    from taskhub.celery import app, checked_routes
-    from taskhub.ledger import LedgerKeys
+    from taskhub.celery import checked_routes
 
-    routes = checked_routes(settings)
-    replayer = Replayer(
-        store,
-        routes,
-        MessageBuilder.for_tasks(app, routes.task_queues),
-        LedgerKeys.for_prefix(settings.key_prefix),
-        settings.bridge.max_payload_bytes,
-    )
+    replayer = Replayer.for_routes(store, checked_routes(settings), settings)
     report = replayer.replay(store.scan(which, newest_first=False), dry_run=dry_run)
     table = Table(title="replay (dry run: nothing changed)" if dry_run else "replay")
     for column in ("id", "outcome", "task / reason", "detail"):

@@ -258,30 +258,40 @@ def test_a_start_is_counted_under_the_key_prefix_with_an_expiry_and_cleared_when
         task.pop_request()
 
 
-def test_a_start_that_a_full_redis_cannot_count_goes_back_to_its_queue(
-    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """At maxmemory the count's INCR is refused: the task is given back unrun, not failed."""
-    import taskhub.worker_losses
+def _refused_start(task_name: str, task_id: str) -> Reject:
+    """Start `task_name` as `task_id` through the worker-loss count, in this process; the
+    `Reject` that refused it (the body must not run)."""
     from taskhub.celery import app
     from taskhub.worker_losses import counted_run
 
-    full = redis.Redis.from_url(private_redis.url)
-    full.config_set("maxmemory-policy", "noeviction")
-    full.config_set("maxmemory", int(full.info("memory")["used_memory"]) - 1)
-    monkeypatch.setattr(taskhub.worker_losses, "broker_redis", lambda: full)
-    task = app.tasks[RETRY]
-    task.push_request(id="full-1", retries=0, delivery_info={"routing_key": POISON_QUEUE})
+    task = app.tasks[task_name]
+    task.push_request(id=task_id, retries=0, delivery_info={"routing_key": POISON_QUEUE})
     ran = []
     try:
         with pytest.raises(Reject) as refused, counted_run(task, ({},), {}):
             ran.append(True)
     finally:
         task.pop_request()
+    assert ran == [], "the body ran"
+    return refused.value
+
+
+def test_a_start_that_a_full_redis_cannot_count_goes_back_to_its_queue(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At maxmemory the count's INCR is refused: the task is given back unrun, not failed."""
+    import taskhub.worker_losses
+
+    full = redis.Redis.from_url(private_redis.url)
+    full.config_set("maxmemory-policy", "noeviction")
+    full.config_set("maxmemory", int(full.info("memory")["used_memory"]) - 1)
+    monkeypatch.setattr(taskhub.worker_losses, "broker_redis", lambda: full)
+    try:
+        refused = _refused_start(RETRY, "full-1")
+    finally:
         full.config_set("maxmemory", 0)
         full.close()
-    assert refused.value.requeue is True
-    assert ran == []
+    assert refused.requeue is True
 
 
 def test_a_run_that_ends_while_redis_is_briefly_away_still_clears_its_count(
@@ -321,20 +331,10 @@ def test_a_copy_of_a_task_already_dead_lettered_is_dropped_unrun_without_a_secon
 ) -> None:
     """A sweep and a visibility restore can both bring a lost task back: the copy that comes
     after the letter must neither run (it would kill N more workers) nor write another letter."""
-    from taskhub.celery import app
-    from taskhub.worker_losses import LETTERED, counted_run, losses_key
+    from taskhub.worker_losses import LETTERED, losses_key
 
     broker_redis.set(losses_key(get_settings().key_prefix, "copied-1", 0), LETTERED)
-    task = app.tasks[KILL]
-    task.push_request(id="copied-1", retries=0, delivery_info={"routing_key": POISON_QUEUE})
-    ran = []
-    try:
-        with pytest.raises(Reject) as refused, counted_run(task, ({},), {}):
-            ran.append(True)
-    finally:
-        task.pop_request()
-    assert refused.value.requeue is False
-    assert ran == []
+    assert _refused_start(KILL, "copied-1").requeue is False
     assert _letters(broker_redis) == []
 
 
@@ -342,7 +342,6 @@ def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
     broker_redis: redis.Redis,
 ) -> None:
     from bridge.replay import Replayer
-    from taskhub.celery import app
     from taskhub.deadletters import FailedTask
     from taskhub.routes import RouteTable
     from taskhub.worker_losses import LETTERED, losses_key
@@ -356,13 +355,7 @@ def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
     failed = FailedTask(KILL, task_id, POISON_QUEUE, [{}], {"kind": "x"}, "WorkerLostTooOften")
     store.add(DeadLetter(Reason.WORKER_LOST, "lost 3 times", route=POISON_QUEUE, task=failed))
     routes = RouteTable([route for route in poison_routes.ROUTES if route.queue == POISON_QUEUE])
-    replayer = Replayer(
-        store,
-        routes,
-        MessageBuilder.for_tasks(app, routes.task_queues),
-        LedgerKeys.for_prefix(settings.key_prefix),
-        settings.bridge.max_payload_bytes,
-    )
+    replayer = Replayer.for_routes(store, routes, settings)
     report = replayer.replay(store.scan())
     assert len(report.replayed) == 1, report
     assert broker_redis.exists(key) == 0
