@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,10 +91,23 @@ def worker(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
         process.kill()
 
 
+FIXTURE_SESSION_EXPIRY = 300
+"""Seconds the broker keeps a killed fixture bridge's session: not the day a deployment asks."""
+
+
 @pytest.fixture
 def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
-    """`python -m bridge`, started and subscribed to every route."""
-    process = Process("bridge", python_module("bridge"), log_dir, {}).start()
+    """`python -m bridge`, started and subscribed to every route, in an MQTT session of its own.
+
+    A session shared with an earlier test's bridge, killed with messages still queued for it,
+    handed them to this one: a flood test once counted 1,001 dead letters of 1,000.
+    """
+    client_id = f"{os.environ['TASKHUB_MQTT__CLIENT_ID']}-{uuid.uuid4().hex[:8]}"
+    own_session = {
+        "TASKHUB_MQTT__CLIENT_ID": client_id,
+        "TASKHUB_MQTT__SESSION_EXPIRY": str(FIXTURE_SESSION_EXPIRY),
+    }
+    process = Process("bridge", python_module("bridge"), log_dir, own_session).start()
     try:
         process.wait_output(BRIDGE_READY, timeout=30, count=2)
         yield process
