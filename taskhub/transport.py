@@ -50,21 +50,42 @@ class QoS(kombu_redis.QoS):
         # recorded as unacked it exists only here, so wait rather than drop it.
         wait_while_full(partial(super().append, message, delivery_tag), "taking a task")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._refused_restores: dict[Any, bool] = {}
+        """Tasks Redis refused to give back, by tag, with whether they go to the far end."""
+
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu moves the task from the unacked hash to its queue in one transaction, so a
-        # refusal leaves it in the hash, from which the visibility restore gives it back once
-        # memory allows. Waiting here instead held the task past its hard time limit, and Celery
-        # acked it as failed (scripts/chaos: 5 check-ins dead-lettered).
+        # refusal leaves it in the hash. Waiting here instead held the task past its hard time
+        # limit, and Celery acked it as failed (scripts/chaos: 5 check-ins dead-lettered). It is
+        # tried again at each restore sweep: left to the visibility timeout, it waited 300 s.
         try:
             super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
         except OutOfMemoryError:
-            log.warning("redis is at maxmemory: task %s stays unacked until it is restored", tag)
+            log.warning("redis is at maxmemory: task %s stays unacked until memory is freed", tag)
+            self._refused_restores[tag] = leftmost
+        else:
+            self._refused_restores.pop(tag, None)
+
+    def restore_refused(self) -> None:
+        """Give back the tasks a full Redis refused to requeue; those it still refuses wait."""
+        for tag, leftmost in list(self._refused_restores.items()):
+            self.restore_by_tag(tag, leftmost=leftmost)
+            if tag in self._refused_restores:
+                return  # still full: the next sweep tries again
+            log.warning("redis has memory again: task %s given back", tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         try:
+            self.restore_refused()
             super().restore_visible(start, num, interval)  # type: ignore[no-untyped-call]
         except OutOfMemoryError:  # its lock is a write; the next sweep tries again
             log.debug("unacked restore skipped: redis is at maxmemory")
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.restore_refused()
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
         if pipe is not None:
