@@ -15,6 +15,7 @@ import redis
 from bridge.backpressure import Memory
 from bridge.outbound import Kind, Outbound
 from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
+from taskhub.deadletters import count_letter
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 
 SOCKET_TIMEOUT = 5.0
@@ -69,12 +70,14 @@ class RedisPublisher:
                 pipe.lpush(target, *(item.body for item in run))
                 continue
             for item in run:
+                fields = item.stream_fields()
                 pipe.xadd(
                     item.key,
-                    item.stream_fields(),  # type: ignore[arg-type]
+                    fields,  # type: ignore[arg-type]
                     maxlen=self.deadletter_maxlen,
                     approximate=True,
                 )
+                count_letter(pipe, item.key, fields["reason"])
         for queue in self.queues:
             pipe.llen(queue)
         try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from taskhub.deadletters import DeadLetter, FailedTask, Reason
+from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetter, FailedTask, Reason, count_letter
 from taskhub.ledger import LedgerEntry, LedgerKeys
 
 log = logging.getLogger("taskhub.bridge.sweeper")
@@ -179,7 +179,8 @@ class Sweeper:
     def _abandon(self, entry: LedgerEntry, letter: dict[str, str]) -> None:
         """Dead-letter `entry` and drop it from the ledger, in one transaction."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.deadletter_stream, letter)  # type: ignore[arg-type]
+            pipe.xadd(self.deadletter_stream, letter, maxlen=DEFAULT_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            count_letter(pipe, self.deadletter_stream, letter["reason"])
             pipe.hdel(self.keys.entries, entry.task_id)
             pipe.zrem(self.keys.index, entry.task_id)
             pipe.execute()

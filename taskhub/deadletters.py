@@ -189,6 +189,16 @@ def stream_key(key_prefix: str) -> str:
     return f"{key_prefix}:deadletters"
 
 
+def counts_key(stream: str) -> str:
+    """The hash of how many letters each reason has had: the stream is capped, these are not."""
+    return f"{stream}:counts"
+
+
+def count_letter(pipe: Pipeline, stream: str, reason: str) -> None:
+    """Queue the count of one more letter for `reason`, beside its XADD in the same transaction."""
+    pipe.hincrby(counts_key(stream), reason, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class LetterFilter:
     """Which letters a command looks at; empty fields match everything."""
@@ -239,12 +249,18 @@ class DeadLetterStore:
     def add(self, letter: DeadLetter) -> str:
         with self.redis.pipeline(transaction=True) as pipe:
             self.add_to(pipe, letter)
-            (entry_id,) = pipe.execute()
+            entry_id, _ = pipe.execute()
         return _text(entry_id)
+
+    def counts(self) -> dict[str, int]:
+        """Letters ever added, by reason; deleting or replaying a letter keeps its count."""
+        raw = self.redis.hgetall(counts_key(self.key))
+        return {_text(reason): int(count) for reason, count in raw.items()}
 
     def add_to(self, pipe: Pipeline, letter: DeadLetter) -> None:
         """Queue the letter's XADD on `pipe`, so it lands with the rest of a transaction."""
         pipe.xadd(self.key, letter.to_fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        count_letter(pipe, self.key, letter.reason.value)
 
     def __len__(self) -> int:
         return int(self.redis.xlen(self.key))

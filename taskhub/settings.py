@@ -332,6 +332,23 @@ class FlowerSettings(_Block):
     """Required to start Flower; scripts/demo makes one up and prints it."""
 
 
+class TelemetrySettings(_Block):
+    """Metrics and probes: the bridge's and each worker's `/metrics`, `/healthz`, `/readyz`
+    (docs/observability.md)."""
+
+    address: str = "127.0.0.1"
+    """Where the probe servers listen; 0.0.0.0 in a container so Prometheus can reach them."""
+    bridge_port: int = Field(9181, ge=0, le=65535)
+    """The bridge's probe port; 0 turns its server off."""
+    worker_port: int = Field(9182, ge=0, le=65535)
+    """A worker's probe port (one per worker on a host); 0 turns its server off."""
+    stall_after: Seconds = 30.0
+    """A worker whose consumer neither polled the broker nor finished a task for this long is
+    not ready: its process lives, but it takes no work (Celery #7276, #8030, #10302)."""
+    beat_interval: Seconds = 2.0
+    """How often bridges and workers record their state in Redis for `taskhub status`."""
+
+
 class Settings(BaseSettings):
     """taskhub's whole configuration. Nested blocks read `TASKHUB_<BLOCK>__<FIELD>`."""
 
@@ -360,6 +377,7 @@ class Settings(BaseSettings):
     bridge: BridgeSettings = BridgeSettings()
     standin: StandinSettings = StandinSettings()
     flower: FlowerSettings = FlowerSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @property
     def store_redis_url(self) -> str:
