@@ -9,7 +9,6 @@ big for a while.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import redis
 from celery.worker import state
 from celery.worker.autoscale import Autoscaler
 
-from taskhub.deferral import SENT_AT_HEADER
+from taskhub.deferral import sent_at_of
 from taskhub.routes import WorkerPool
 from taskhub.settings import get_settings
 from taskhub.worker import LENDING_FACTOR, install_slot_lender, pool_kind
@@ -43,17 +42,9 @@ class Backlog:
                 pipe.lindex(queue, -1)  # kombu pushes on the left and pops on the right
             replies = pipe.execute()
         depth = sum(int(n) for n in replies[0::2])
-        sent = [_sent_at(raw) for raw in replies[1::2] if raw is not None]
+        sent = [sent_at_of(raw) for raw in replies[1::2] if raw is not None]
         known = [at for at in sent if at is not None]
         return depth, (time.time() - min(known)) if known else 0.0
-
-
-def _sent_at(raw: bytes) -> float | None:
-    try:
-        value = json.loads(raw)["headers"].get(SENT_AT_HEADER)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
 
 
 class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]

@@ -9,6 +9,7 @@ header; a task that wakes before that time is put off again, hop by hop, until i
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Mapping
@@ -69,6 +70,15 @@ def not_before(task: Task) -> float | None:
     headers = task.request.headers or {}
     value = headers.get(NOT_BEFORE_HEADER) or getattr(task.request, NOT_BEFORE_HEADER, None)
     return float(value) if value is not None else None
+
+
+def sent_at_of(raw_message: bytes | str) -> float | None:
+    """When a queued task message (as kombu stores it) was first queued; None if it says not."""
+    try:
+        value = json.loads(raw_message)["headers"].get(SENT_AT_HEADER)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 @before_task_publish.connect

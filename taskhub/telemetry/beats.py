@@ -54,6 +54,8 @@ class WorkerBeat(BaseModel):
     """The consumer made progress within `stall_after` (see taskhub.telemetry.progress)."""
     progress_age: float
     """Seconds since the consumer last polled the broker or finished a task."""
+    finished_per_second: dict[str, float] = {}
+    """Tasks finished per second over the last 10 s, by queue: the queues' out rate."""
     seen_at: float
 
 

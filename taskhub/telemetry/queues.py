@@ -1,0 +1,122 @@
+"""What the route queues hold, read from the broker's Redis: tasks waiting (priority sub-queues
+included), tasks taken and not yet acked, the oldest waiting task's age, and the ready workers
+consuming each queue. `taskhub status` prints it; the bridge serves it as Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from taskhub.deadletters import DeadLetterStore
+from taskhub.deferral import sent_at_of
+from taskhub.telemetry.beats import WorkerBeat, worker_beats
+
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+"""kombu's Redis transport keeps priorities other than 0 in lists named queue + SEP + step."""
+UNACKED_KEY = "unacked"
+"""kombu's hash of tasks delivered to a worker and not yet acked (its `unacked_key`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    name: str
+    waiting: int
+    unacked: int
+    oldest_age: float
+    """Seconds the oldest waiting task has waited; 0 when none waits or none carries a time."""
+    consumers: int
+    """Ready workers consuming this queue."""
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + self.unacked
+
+
+def sub_queues(queue: str) -> list[str]:
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def read_queues(
+    client: redis.Redis,
+    queues: Sequence[str],
+    workers: Iterable[WorkerBeat],
+    now: float | None = None,
+) -> list[QueueState]:
+    """Every queue in `queues`, as Redis holds it now."""
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for name in sub_queues(queue):
+                pipe.llen(name)
+                pipe.lindex(name, -1)  # kombu pushes on the left and takes from the right
+        replies = pipe.execute()
+    unacked = unacked_by_queue(client)
+    ready = [beat for beat in workers if beat.ready]
+    now = time.time() if now is None else now
+    states = []
+    per_queue = 2 * len(sub_queues(""))
+    for n, queue in enumerate(queues):
+        mine = replies[n * per_queue : (n + 1) * per_queue]
+        sent = [sent_at_of(raw) for raw in mine[1::2] if raw is not None]
+        known = [at for at in sent if at is not None]
+        states.append(
+            QueueState(
+                name=queue,
+                waiting=sum(int(length) for length in mine[0::2]),
+                unacked=unacked.get(queue, 0),
+                oldest_age=max(0.0, now - min(known)) if known else 0.0,
+                consumers=sum(1 for beat in ready if queue in beat.queues),
+            )
+        )
+    return states
+
+
+def unacked_by_queue(client: redis.Redis) -> Counter[str]:
+    """How many unacked tasks each queue has. kombu stores each as JSON `[message, exchange,
+    routing_key]`; the routing key (the queue, on the default exchange) is read off its end."""
+    counts: Counter[str] = Counter()
+    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        counts[text.rstrip().removesuffix("]").rsplit('"', 2)[-2]] += 1
+    return counts
+
+
+class QueueCollector(Collector):
+    """Prometheus collector reading the queues and the dead-letter counts at each scrape."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, queues: Sequence[str]) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.queues = list(queues)
+        self.letters = DeadLetterStore(client, key_prefix)
+
+    def collect(self) -> Iterator[Metric]:
+        states = read_queues(self.client, self.queues, worker_beats(self.client, self.key_prefix))
+        families = {
+            "celery_queue_length": ("Tasks waiting in the queue, all priorities.", "waiting"),
+            "taskhub_queue_unacked": ("Tasks taken by a worker and not yet acked.", "unacked"),
+            "taskhub_queue_depth": ("Tasks waiting or taken and not yet acked.", "depth"),
+            "taskhub_queue_oldest_age_seconds": (
+                "Seconds the oldest waiting task has waited.",
+                "oldest_age",
+            ),
+            "celery_active_consumer_count": ("Ready workers consuming the queue.", "consumers"),
+        }
+        for name, (documentation, field) in families.items():
+            family = GaugeMetricFamily(name, documentation, labels=["queue_name"])
+            for state in states:
+                family.add_metric([state.name], float(getattr(state, field)))
+            yield family
+        letters = CounterMetricFamily(
+            "taskhub_deadletters", "Dead letters ever added, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(self.letters.counts().items()):
+            letters.add_metric([reason], float(count))
+        yield letters
