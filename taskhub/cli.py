@@ -1,4 +1,4 @@
-"""The `taskhub` command: routes, settings, dead letters, and the demo's stand-in and feed."""
+"""The `taskhub` command: routes, settings, status, dead letters, the demo's stand-in and feed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from taskhub import deadletter_commands
+from taskhub import deadletter_commands, status_command
 from taskhub.settings import Settings, redact_url, settings_or_exit
 
 
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--quiet", action="store_true", help="no progress bar")
 
     deadletter_commands.add_parser(commands)
+    status_command.add_parser(commands)
     return parser
 
 
@@ -150,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _standin(settings, args)
     if args.command == "deadletter":
         return deadletter_commands.run(settings, args)
+    if args.command == "status":
+        return status_command.run(settings, args)
     return _feed(settings, args)
 
 

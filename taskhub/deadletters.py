@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -194,9 +197,21 @@ def counts_key(stream: str) -> str:
     return f"{stream}:counts"
 
 
-def count_letter(pipe: Pipeline, stream: str, reason: str) -> None:
+def minute_counts_key(stream: str, minute: int) -> str:
+    """The hash of the letters of one minute (epoch seconds // 60), by reason: `taskhub status`
+    sums the last 60 for its "last hour" without reading the letters themselves."""
+    return f"{stream}:counts:{minute}"
+
+
+MINUTE_COUNTS_TTL = 2 * 3600
+
+
+def count_letter(pipe: Pipeline, stream: str, reason: str, now: float | None = None) -> None:
     """Queue the count of one more letter for `reason`, beside its XADD in the same transaction."""
     pipe.hincrby(counts_key(stream), reason, 1)
+    minute = minute_counts_key(stream, int((time.time() if now is None else now) // 60))
+    pipe.hincrby(minute, reason, 1)
+    pipe.expire(minute, MINUTE_COUNTS_TTL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +264,26 @@ class DeadLetterStore:
     def add(self, letter: DeadLetter) -> str:
         with self.redis.pipeline(transaction=True) as pipe:
             self.add_to(pipe, letter)
-            entry_id, _ = pipe.execute()
+            entry_id = pipe.execute()[0]
         return _text(entry_id)
 
     def counts(self) -> dict[str, int]:
         """Letters ever added, by reason; deleting or replaying a letter keeps its count."""
-        raw = self.redis.hgetall(counts_key(self.key))
-        return {_text(reason): int(count) for reason, count in raw.items()}
+        return _counts(self.redis.hgetall(counts_key(self.key)))
+
+    def counts_since(self, seconds: float, now: float | None = None) -> dict[str, int]:
+        """Letters added in the last `seconds` (to the minute, at most two hours), by reason."""
+        now = time.time() if now is None else now
+        last = int(now // 60)
+        minutes = range(last - max(0, math.ceil(seconds / 60) - 1), last + 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(minute_counts_key(self.key, minute))
+            replies = pipe.execute()
+        total: Counter[str] = Counter()
+        for reply in replies:
+            total.update(_counts(reply))
+        return dict(total)
 
     def add_to(self, pipe: Pipeline, letter: DeadLetter) -> None:
         """Queue the letter's XADD on `pipe`, so it lands with the rest of a transaction."""
@@ -294,6 +322,10 @@ class DeadLetterStore:
     def delete(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
         return int(self.redis.xdel(self.key, *ids)) if ids else 0
+
+
+def _counts(raw: dict[Any, Any]) -> dict[str, int]:
+    return {_text(reason): int(count) for reason, count in raw.items()}
 
 
 def _text(value: bytes | str) -> str:

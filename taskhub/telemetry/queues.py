@@ -114,6 +114,12 @@ class QueueCollector(Collector):
             for state in states:
                 family.add_metric([state.name], float(getattr(state, field)))
             yield family
+        memory = self.client.info("memory")
+        for name, field, documentation in (
+            ("taskhub_redis_memory_used_bytes", "used_memory", "Memory the broker's Redis uses."),
+            ("taskhub_redis_maxmemory_bytes", "maxmemory", "The broker's maxmemory; 0: none."),
+        ):
+            yield GaugeMetricFamily(name, documentation, value=float(memory.get(field, 0)))
         letters = CounterMetricFamily(
             "taskhub_deadletters", "Dead letters ever added, by reason.", labels=["reason"]
         )

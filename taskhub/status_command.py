@@ -1,0 +1,192 @@
+"""`taskhub status [--json] [--watch] [--max-age S]`: the queues, bridges, workers and dead
+letters at a glance, read from Redis. With --max-age it is a check for cron or CI: it exits 1
+when a queue's oldest task waited longer than that and no ready worker consumes the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from taskhub.routes import routes_or_exit
+from taskhub.settings import Settings
+from taskhub.telemetry import snapshot
+from taskhub.telemetry.beats import age
+from taskhub.telemetry.snapshot import Snapshot
+
+FIRST_RATE_SAMPLE_SECONDS = 1.0
+"""A single `taskhub status` reads twice, this far apart, to give each queue's in rate."""
+EXIT_STALLED = 1
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status", help="queues, bridges, workers and dead letters at a glance"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object (a line per reading)")
+    status.add_argument("--watch", action="store_true", help="read again every --interval")
+    status.add_argument("--interval", type=_positive, default=2.0, help="seconds (default 2)")
+    status.add_argument(
+        "--max-age",
+        type=_positive,
+        metavar="SECONDS",
+        help="exit 1 if a queue's oldest task is older than this and nothing consumes it",
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    client = redis.Redis.from_url(
+        settings.broker_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=2
+    )
+    queues = routes_or_exit(settings).queues
+    console = Console()
+    try:
+        first = snapshot.take(client, settings.key_prefix, queues)
+        time.sleep(min(args.interval, FIRST_RATE_SAMPLE_SECONDS))
+        reading = snapshot.take(client, settings.key_prefix, queues, first)
+        if not args.watch:
+            _show(console, reading, args)
+            return _verdict(console, reading, args.max_age)
+        return _watch(console, client, settings.key_prefix, queues, reading, args)
+    except redis.RedisError as error:
+        raise SystemExit(f"taskhub: status: Redis unreachable: {error}") from None
+
+
+def _watch(
+    console: Console,
+    client: redis.Redis,
+    key_prefix: str,
+    queues: tuple[str, ...],
+    reading: Snapshot,
+    args: argparse.Namespace,
+) -> int:
+    try:
+        if args.json:
+            while True:
+                _show(console, reading, args)
+                time.sleep(args.interval)
+                reading = snapshot.take(client, key_prefix, queues, reading)
+        with Live(_tables(reading), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                reading = snapshot.take(client, key_prefix, queues, reading)
+                live.update(_tables(reading), refresh=True)
+    except KeyboardInterrupt:
+        return _verdict(console, reading, args.max_age)
+
+
+def _show(console: Console, reading: Snapshot, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(reading.to_json()), flush=True)
+    else:
+        console.print(_tables(reading))
+
+
+def _verdict(console: Console, reading: Snapshot, max_age: float | None) -> int:
+    if max_age is None:
+        return 0
+    stalled = reading.stalled(max_age)
+    for queue in stalled:
+        console.print(
+            f"status: queue {queue.state.name}: oldest task waited "
+            f"{queue.state.oldest_age:.0f}s (> {max_age:g}s) and no ready worker consumes it",
+            highlight=False,
+            markup=False,
+        )
+    return EXIT_STALLED if stalled else 0
+
+
+def _tables(reading: Snapshot) -> Group:
+    now = reading.taken_at
+    queues = Table(
+        "queue", "depth", "waiting", "unacked", "oldest", "in/s", "out/s", "consumers",
+        title="queues",
+    )  # fmt: skip
+    for q in reading.queues:
+        state = q.state
+        oldest = Text(_seconds(state.oldest_age))
+        if state.oldest_age > 0 and not state.consumers:
+            oldest.stylize("bold red")
+        queues.add_row(
+            Text(state.name),
+            str(state.depth),
+            str(state.waiting),
+            str(state.unacked),
+            oldest,
+            "-" if q.in_rate is None else f"{q.in_rate:.1f}",
+            f"{q.out_rate:.1f}",
+            str(state.consumers),
+        )
+    bridges = Table(
+        "bridge", "host", "connected", "in flight", "held", "paused", "spool", "seen",
+        title="bridges",
+    )  # fmt: skip
+    for b in reading.bridges:
+        bridges.add_row(
+            Text(b.client_id),
+            Text(f"{b.hostname}:{b.pid}"),
+            _yes_no(b.connected and b.subscribed),
+            str(b.in_flight),
+            str(b.held),
+            Text(b.paused or ("leaving" if b.leaving else "-")),
+            str(b.spool_depth),
+            f"{age(b, now):.0f}s ago",
+        )
+    workers = Table(
+        "worker", "pool", "size (min-max)", "active", "queues", "ready", "progress", "seen",
+        title="workers",
+    )  # fmt: skip
+    for w in reading.workers:
+        workers.add_row(
+            Text(f"{w.hostname} ({w.pid})"),
+            Text(w.pool),
+            f"{w.pool_current} ({w.pool_min}-{w.pool_max})",
+            str(w.active),
+            Text(",".join(w.queues)),
+            _yes_no(w.ready),
+            f"{w.progress_age:.0f}s ago",
+            f"{age(w, now):.0f}s ago",
+        )
+    letters = Table("dead letters by reason", "last hour", "total", title="dead letters")
+    for reason in sorted(reading.letters_total):
+        letters.add_row(
+            Text(reason),
+            str(reading.letters_last_hour.get(reason, 0)),
+            str(reading.letters_total[reason]),
+        )
+    parts: list[Table | Text] = [queues]
+    parts.append(bridges if reading.bridges else Text("bridges: none recorded a beat"))
+    parts.append(workers if reading.workers else Text("workers: none recorded a beat"))
+    parts.append(letters if reading.letters_total else Text("dead letters: none"))
+    return Group(*parts)
+
+
+def _seconds(value: float) -> str:
+    if value <= 0:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _yes_no(flag: bool) -> Text:
+    return Text("yes", style="green") if flag else Text("NO", style="bold red")
