@@ -26,9 +26,16 @@ KEYWORDS = frozenset(
 )
 
 
+METRICS_SECTION = "\n## Metric names\n"
+
+
 def documented_metrics(doc: Path = OBSERVABILITY_DOC) -> set[str]:
-    """Every name in the first column of the doc's metric tables (`name` or `name{label}`)."""
-    return set(_DOC_ROW.findall(doc.read_text()))
+    """Every name in the first column of the tables under the doc's "Metric names" heading
+    (`name` or `name{label}`)."""
+    text = doc.read_text()
+    assert METRICS_SECTION in text, f"{doc} has no {METRICS_SECTION.strip()!r} section"
+    section = text.split(METRICS_SECTION, 1)[1].split("\n## ", 1)[0]
+    return set(_DOC_ROW.findall(section))
 
 
 def metrics_in(expression: str) -> set[str]:
