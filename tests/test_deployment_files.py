@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from tests.support.processes import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {"standin", "worker", "bridge", "flower"}
+WORKER_ENV = "env REMAP_SIGTERM=SIGQUIT TASKHUB_TELEMETRY__WORKER_PORT=$PORT "
+"""The Procfile worker's environment: honcho's $PORT differs for each copy of a process type,
+so `-c worker=N` copies never ask for one probe port."""
+WEB_UIS = ("flower", "prometheus", "grafana")
 
 
 def _procfile() -> dict[str, str]:
@@ -33,7 +38,7 @@ def test_procfile_runs_every_process_with_autoscaling_worker() -> None:
     procfile = _procfile()
     assert set(procfile) == PROCESSES | {"feed"}
     assert procfile["worker"].startswith(
-        "env REMAP_SIGTERM=SIGQUIT celery -A taskhub worker -P gevent --autoscale="
+        WORKER_ENV + "celery -A taskhub worker -P gevent --autoscale="
     )
     assert procfile["flower"] == "celery -A taskhub flower --conf=flowerconfig.py"
     assert procfile["bridge"] == "python -m bridge"
@@ -44,7 +49,7 @@ def test_compose_runs_the_procfile_commands_beside_redis_and_mosquitto() -> None
     assert set(services) >= PROCESSES | {"redis", "mosquitto"}
     for name, command in _procfile().items():
         compose_command = " ".join(services[name]["command"])
-        command = command.removeprefix("env REMAP_SIGTERM=SIGQUIT ")
+        command = command.removeprefix(WORKER_ENV)
         command = command.replace(" -n worker.$PORT@%h", "")  # honcho numbers its copies
         assert command.split(" --address")[0] in compose_command, name
     assert services["worker"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
@@ -111,3 +116,91 @@ def test_compose_serves_flower_behind_basic_auth_from_settings() -> None:
     assert flower["environment"]["TASKHUB_FLOWER__PASSWORD"].startswith(
         "${TASKHUB_FLOWER__PASSWORD:?"
     )
+
+
+def test_compose_probes_listen_where_prometheus_can_reach_them() -> None:
+    services = _compose()["services"]
+    for name in ("bridge", "worker"):
+        assert services[name]["environment"]["TASKHUB_TELEMETRY__ADDRESS"] == "0.0.0.0", name
+
+
+def _healthcheck_probe(service: str) -> str:
+    """The Python source a compose healthcheck runs (`python -c SOURCE`)."""
+    test = _compose()["services"][service]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], service
+    return str(test[3])
+
+
+def test_compose_healthchecks_ask_each_process_its_readiness_probe() -> None:
+    from taskhub.settings import TelemetrySettings
+
+    defaults = TelemetrySettings()
+    for service, port in (("bridge", defaults.bridge_port), ("worker", defaults.worker_port)):
+        assert f"http://127.0.0.1:{port}/readyz" in _healthcheck_probe(service), service
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_compose_healthcheck_fails_exactly_when_readyz_does(ready: bool) -> None:
+    """python:3.11-slim has no curl: the check is Python's urllib, which must exit non-zero on
+    a 503. Run against a real probe server on a free port."""
+    from taskhub.telemetry.probes import ProbeServer, Verdict
+
+    verdict = Verdict(ready, "ok" if ready else "stalled")
+    server = ProbeServer("127.0.0.1", 0, lambda: b"", lambda: Verdict(True), lambda: verdict)
+    server.start()
+    try:
+        source = _healthcheck_probe("worker").replace(":9182/", f":{server.port}/")
+        result = subprocess.run([sys.executable, "-c", source], capture_output=True, timeout=30)
+    finally:
+        server.stop()
+    assert (result.returncode == 0) == ready, result.stderr
+
+
+def test_compose_publishes_web_interfaces_on_loopback_only() -> None:
+    services = _compose()["services"]
+    for name in WEB_UIS:
+        ports = services[name]["ports"]
+        assert ports, name
+        assert all(str(port).startswith("127.0.0.1:") for port in ports), name
+
+
+def test_compose_prometheus_runs_the_repo_config_and_rules() -> None:
+    prometheus = _compose()["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus")
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+
+
+def test_prometheus_config_scrapes_the_compose_services_on_their_probe_ports() -> None:
+    from taskhub.settings import TelemetrySettings
+
+    defaults = TelemetrySettings()
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["dns_sd_configs"] for job in config["scrape_configs"]}
+    assert jobs == {
+        "taskhub-bridge": [
+            {
+                "names": ["bridge"],
+                "type": "A",
+                "port": defaults.bridge_port,
+                "refresh_interval": "15s",
+            }
+        ],
+        "taskhub-worker": [
+            {
+                "names": ["worker"],
+                "type": "A",
+                "port": defaults.worker_port,
+                "refresh_interval": "15s",
+            }
+        ],
+    }
+    assert {"bridge", "worker"} <= set(_compose()["services"])
+
+
+def test_compose_grafana_requires_an_admin_password_and_provisions_the_dashboard() -> None:
+    grafana = _compose()["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana")
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD:?"
+    )
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
