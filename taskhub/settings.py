@@ -356,6 +356,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         env_file=".env",
+        dotenv_filtering="match_prefix",  # a .env may hold other programs' variables too
         extra="forbid",
         frozen=True,
     )

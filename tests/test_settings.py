@@ -31,6 +31,22 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings().mqtt.client_id == "from-dotenv"
 
 
+def test_a_dotenv_shared_with_other_programs_is_read_for_taskhub_variables_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker compose reads the same .env (e.g. GRAFANA_ADMIN_PASSWORD); taskhub must not refuse
+    to start over another program's variable, but still names a misspelt one of its own."""
+    monkeypatch.delenv("TASKHUB_MQTT__CLIENT_ID", raising=False)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("GRAFANA_ADMIN_PASSWORD=x\nTASKHUB_MQTT__CLIENT_ID=shared\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().mqtt.client_id == "shared"
+
+    dotenv.write_text("TASKHUB_MQTT__CLIENT_IDD=typo\n")
+    with pytest.raises(SettingsError, match="^TASKHUB_MQTT__CLIENT_IDD: is not a taskhub setting"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "complaint"),
     [
