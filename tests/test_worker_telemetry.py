@@ -4,8 +4,11 @@ consumer's progress (not Celery's timer), and its beat in Redis says what it is 
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import signal
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +21,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskhub.settings import get_settings
+from taskhub.task_log import ShortSuccessLine
 from taskhub.telemetry.beats import beat_key, worker_beats
+from taskhub.telemetry.progress import ConsumerProgress, FinishedRate
 from tests.conftest import checkin_tweet, stored_checkins
 from tests.support.isolation import free_port
 from tests.support.processes import Process, start_worker, wait_for
@@ -26,8 +31,6 @@ from tests.support.servers import RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
-
-pytestmark = pytest.mark.e2e
 
 CHECKINS = 30
 TIMEOUT = 30
@@ -89,6 +92,7 @@ def host(url: str) -> str:
     return url.split("//", 1)[1].split("/", 1)[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("pool", POOLS)
 def test_worker_metrics_count_what_ran_in_every_process(
     pool: str, log_dir: Path, broker_redis: redis.Redis, standin: StandinServer
@@ -152,6 +156,10 @@ def test_worker_metrics_count_what_ran_in_every_process(
         assert (beat.pool_min, beat.pool_max) == (low, high)
 
         worker.terminate()
+        leftovers = glob.glob(
+            os.path.join(tempfile.gettempdir(), f"taskhub-metrics-{worker.pid}-*")
+        )
+        assert not leftovers, "the prefork worker left its metrics directory behind"
         assert not broker_redis.exists(beat_key(prefix, "worker", beat.hostname)), (
             "a worker that stopped cleanly is still listed"
         )
@@ -161,6 +169,7 @@ def test_worker_metrics_count_what_ran_in_every_process(
     assert "'venue'" not in worker.output(), "a success line logged the task's whole result"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("pool", POOLS)
 def test_worker_whose_consumer_is_stuck_is_not_ready_within_a_minute(
     pool: str, log_dir: Path, private_redis: RedisServer
@@ -189,3 +198,57 @@ def test_worker_whose_consumer_is_stuck_is_not_ready_within_a_minute(
         finally:
             os.kill(redis_pid, signal.SIGCONT)
         wait_for(lambda: probe(port, "/readyz")[0] == 200, TIMEOUT, "/readyz to recover")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_is_a_poll_answered_or_a_task_finished_within_stall_after() -> None:
+    clock = FakeClock()
+    progress = ConsumerProgress(clock)
+    clock.now += 29
+    assert progress.verdict(30, running=0).ok
+    clock.now += 2
+    stuck = progress.verdict(30, running=0)
+    assert not stuck.ok
+    assert "stuck" in stuck.why
+    progress.polled()
+    assert progress.verdict(30, running=0).ok
+    clock.now += 31
+    full = progress.verdict(30, running=4)
+    assert not full.ok, "a pool full of tasks running past stall_after takes no work"
+    assert "4 tasks run" in full.why
+    progress.task_finished("checkins")
+    assert progress.verdict(30, running=3).ok
+    assert progress.finished == {"checkins": 1}
+
+
+def test_finished_rate_is_taken_over_the_last_ten_seconds() -> None:
+    rate = FinishedRate(window=10)
+    assert rate.update(0, {"checkins": 0}) == {"checkins": 0.0}
+    for second in range(2, 21, 2):
+        found = rate.update(second, {"checkins": 5 * second if second <= 10 else 50})
+    assert found == {"checkins": 0.0}, "nothing finished in the last 10 s"
+    assert rate.update(22, {"checkins": 70})["checkins"] == pytest.approx(2.0)
+
+
+def test_success_line_drops_the_result_and_a_failure_keeps_it() -> None:
+    from celery.app import trace
+
+    context = {"id": "t1", "name": "tasks.x", "runtime": 0.05, "return_value": "{'venue': 1}"}
+    success = logging.LogRecord(
+        "celery.app.trace", logging.INFO, "", 0, trace.LOG_SUCCESS, (context,), None
+    )
+    assert ShortSuccessLine().filter(success)
+    assert success.getMessage() == "Task tasks.x[t1] succeeded in 0.05s"
+    failure_context = {**context, "exc": "Boom('venue')", "description": "raised unexpected"}
+    failure = logging.LogRecord(
+        "celery.app.trace", logging.ERROR, "", 0, trace.LOG_FAILURE, (failure_context,), None
+    )
+    assert ShortSuccessLine().filter(failure)
+    assert "Boom('venue')" in failure.getMessage()
