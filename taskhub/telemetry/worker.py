@@ -25,6 +25,7 @@ from celery.signals import (
     task_revoked,
     task_unknown,
     worker_init,
+    worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -328,6 +329,16 @@ def _stop(pid: int | None = None, **_: object) -> None:
     if telemetry is not None:
         telemetry.stop()
     remove_multiprocess_dir()
+
+
+@worker_process_init.connect
+def _leave_the_main_process_its_port(**_: object) -> None:
+    """A pool child closes the probe socket it inherited: kept open, it would outlive a killed
+    main process and stop the restarted worker from binding its port."""
+    global _telemetry
+    if _telemetry is not None and _telemetry.probes is not None:
+        _telemetry.probes.server.socket.close()
+    _telemetry = None
 
 
 @worker_process_shutdown.connect
