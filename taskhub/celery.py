@@ -14,7 +14,7 @@ import billiard.common
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-import taskhub.deferral
+import taskhub.deferral  # connects the publish stamp and the ETA cap
 import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
