@@ -156,7 +156,9 @@ def workers(
                 f"bench{n}-{os.getpid()}@%h",
             )
             name = f"worker{n}"
-            started.append(Process(name, argv, stage.workdir, _env(stage, ports, env)).start())
+            # Probes on, as deployed: each worker of a host needs its own port.
+            probes = {"TASKHUB_TELEMETRY__WORKER_PORT": str(free_port()), **env}
+            started.append(Process(name, argv, stage.workdir, _env(stage, ports, probes)).start())
         for process in started:
             process.wait_output(WORKER_READY, timeout=READY_TIMEOUT)
         yield started

@@ -14,15 +14,18 @@ import billiard.common
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-import taskhub.deferral  # noqa: F401  (connects the publish stamp and the ETA cap)
+import taskhub.deferral  # connects the publish stamp and the ETA cap
+import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
+from taskhub.task_log import shorten_success_lines
 from taskhub.worker import pool_kind
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
 app = Celery("taskhub", task_cls="taskhub.task:Task")
 app.config_from_object("celeryconfig")
+shorten_success_lines()
 
 log = logging.getLogger("taskhub.worker")
 

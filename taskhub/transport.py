@@ -18,6 +18,8 @@ channel, tasks of a lost worker given back in gevent workers too, and a full Red
   that as a channel error and the worker exited ("Unrecoverable error: OutOfMemoryError"), at
   start (a queue's size is read in MULTI) or on its next task. Here each such step waits until
   memory is freed (taskhub/maxmemory.py); acks, which free memory, leave MULTI out.
+- Each BRPOP reply read and each task acked or given back stamps the consumer's progress
+  (taskhub/telemetry/progress.py): a worker's readiness is read from it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from queue import Empty
 from typing import Any
 
 import redis
@@ -35,6 +38,7 @@ from redis.exceptions import OutOfMemoryError
 from taskhub.ledger import LedgerKeys, requeued
 from taskhub.maxmemory import wait_while_full
 from taskhub.settings import get_settings
+from taskhub.telemetry.progress import PROGRESS
 
 log = logging.getLogger("taskhub.transport")
 
@@ -54,6 +58,16 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._refused_restores: dict[Any, bool] = {}
         """Tasks Redis refused to give back, by tag, with whether they go to the far end."""
+
+    def ack(self, delivery_tag: Any) -> None:
+        message = self._delivered.get(delivery_tag)
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        queue = message.delivery_info.get("routing_key") if message is not None else None
+        PROGRESS.task_finished(queue)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+        PROGRESS.task_given_back()
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu moves the task from the unacked hash to its queue in one transaction, so a
@@ -134,6 +148,17 @@ class Channel(kombu_redis.Channel):
         if leftmost and task_id:
             keys = LedgerKeys.for_prefix(get_settings().key_prefix)
             requeued(pipe, keys, str(task_id), time.time())
+
+    def _brpop_read(self, **options: Any) -> Any:
+        # Reached by the event loop (prefork) and by drain_events (gevent) alike. "Nothing"
+        # (Empty, BRPOP's timeout) is progress too; a connection error is not.
+        try:
+            delivered = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except Empty:
+            PROGRESS.polled()
+            raise
+        PROGRESS.polled()
+        return delivered
 
     def _size(self, queue: str) -> Any:
         return wait_while_full(partial(super()._size, queue), "reading a queue")

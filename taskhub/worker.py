@@ -84,6 +84,12 @@ def _pool_name(pool_cls: object) -> str:
     return str(pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", ""))
 
 
+def pool_forks(pool_cls: object) -> bool:
+    """True when a Celery pool class runs its tasks in forked child processes (prefork)."""
+    name = _pool_name(pool_cls)
+    return any(forks in name for forks in ("prefork", "processes"))
+
+
 def pool_kind(pool_cls: object) -> WorkerPool:
     """The WorkerPool a Celery pool class (or its -P alias) stands for."""
     return WorkerPool.GEVENT if "gevent" in _pool_name(pool_cls) else WorkerPool.PREFORK
@@ -101,9 +107,7 @@ def _record_shape(sender: Any = None, **_: object) -> None:
         return
     concurrency = max(_count(sender.concurrency), _count(getattr(sender, "max_concurrency", 0)))
     kind = pool_kind(sender.pool_cls)
-    name = _pool_name(sender.pool_cls)
-    tasks_share_the_process = not any(forks in name for forks in ("prefork", "processes"))
-    _shape = WorkerShape(kind, concurrency if tasks_share_the_process else 1)
+    _shape = WorkerShape(kind, 1 if pool_forks(sender.pool_cls) else concurrency)
     options = dict(sender.app.conf.broker_transport_options or {})
     options["max_connections"] = WorkerShape(kind, concurrency).connections
     sender.app.conf.broker_transport_options = options

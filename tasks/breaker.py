@@ -14,6 +14,7 @@ import time
 
 from taskhub.deferral import Deferred
 from taskhub.settings import HostPolicy, get_settings
+from taskhub.telemetry.worker_metrics import worker_metrics
 from tasks.store import store_redis
 
 log = logging.getLogger("taskhub.upstream")
@@ -55,7 +56,11 @@ class Breaker:
         raw = store_redis().mget(self.open_until, self.paused_until)
         open_until, paused_until = (None if value is None else float(value) for value in raw)
         _seen[self.host] = (now, open_until, paused_until)
+        self._show_open(open_until is not None and open_until > time.time())
         return open_until, paused_until
+
+    def _show_open(self, is_open: bool) -> None:
+        worker_metrics().breaker_open.labels(self.host).set(1 if is_open else 0)
 
     def admit(self) -> None:
         """Return if a request may go to the host now; raise Deferred saying for how long not."""
@@ -77,6 +82,7 @@ class Breaker:
         if self.probing:
             store_redis().delete(self.open_until, self.failures, self.probe)
             _seen.pop(self.host, None)
+            self._show_open(False)
             log.info("breaker closed for %s", self.host)
 
     def failed(self) -> None:
@@ -99,6 +105,7 @@ class Breaker:
             pipe.delete(self.failures, self.probe)
             pipe.execute()
         _seen.pop(self.host, None)
+        self._show_open(True)
         log.warning("breaker open for %s for %gs", self.host, self.policy.breaker_cooldown)
 
     def pause(self, seconds: float) -> None:

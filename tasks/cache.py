@@ -17,6 +17,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from taskhub.settings import get_settings
+from taskhub.telemetry.worker_metrics import worker_metrics
 from tasks.store import store_redis
 
 SHORTLINK_TTL = 30 * 86_400
@@ -39,8 +40,10 @@ which saves a round trip per lookup."""
 
 
 def count(kind: str, outcome: str) -> None:
-    """Count a `hit`, `miss` or `revalidated` for `kind` (shortlink, venue)."""
+    """Count a `hit`, `miss` or `revalidated` for `kind` (shortlink, venue), in Redis for
+    `taskhub` stats and in this worker's metrics."""
     _pending[f"{kind}:{outcome}"] += 1
+    worker_metrics().cache.labels(outcome).inc()
 
 
 def flush_counts(pipe: Pipeline) -> None:

@@ -11,10 +11,12 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 
 from taskhub.settings import HttpSettings
+from taskhub.telemetry.worker_metrics import worker_metrics
 from taskhub.worker import shape
 
 USER_AGENT = "taskhub/0.1"
@@ -61,10 +63,21 @@ def _pool_manager(settings: HttpSettings) -> urllib3.PoolManager:
     return _pool
 
 
+THROTTLED = 429
+
+
 def http_get(
-    settings: HttpSettings, url: str, headers: dict[str, str], connect: float, read: float
+    settings: HttpSettings,
+    url: str,
+    headers: dict[str, str],
+    connect: float,
+    read: float,
+    host: str | None = None,
 ) -> Answer:
-    """GET `url` once (no redirects followed, no retries); UpstreamUnreachable if no answer."""
+    """GET `url` once (no redirects followed, no retries); UpstreamUnreachable if no answer.
+    Counted by `host` (the URL's, unless the caller already has it) and answer."""
+    metrics = worker_metrics()
+    host = host or urlsplit(url).netloc
     try:
         response = _pool_manager(settings).request(
             "GET",
@@ -76,7 +89,11 @@ def http_get(
             pool_timeout=read,
         )
     except (urllib3.exceptions.HTTPError, OSError) as error:
+        metrics.upstream_requests.labels(host, "error").inc()
         raise UpstreamUnreachable(f"GET {url}: {type(error).__name__}: {error}") from None
+    metrics.upstream_requests.labels(host, str(response.status)).inc()
+    if response.status == THROTTLED:
+        metrics.upstream_throttled.labels(host).inc()
     return Answer(
         response.status,
         {name.lower(): value for name, value in response.headers.items()},

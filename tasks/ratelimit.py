@@ -21,6 +21,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from taskhub.deferral import Deferred
 from taskhub.settings import get_settings
+from taskhub.telemetry.worker_metrics import worker_metrics
 from taskhub.worker import lend_slot
 from tasks.store import store_redis
 
@@ -58,6 +59,7 @@ class HostRateLimit:
             raise Deferred(ahead * spacing, f"{host}: {ahead} tasks ahead for its rate limit")
         self._waiting[host] += 1
         started = time.monotonic()
+        waited = ahead > 0  # queued behind another task's turn
         gate = self._gates[host]
         try:
             with lend_slot():  # queued for the gate without a slot
@@ -66,12 +68,14 @@ class HostRateLimit:
                 while True:
                     wait = self._next_turn[host] - time.monotonic()
                     if wait > 0:
+                        waited = True
                         with lend_slot():
                             time.sleep(wait)
                     # The slot is back before the ask: a task that wins a turn sends at once.
                     if self.limiter.hit(item, host):
                         self._next_turn[host] = time.monotonic() + spacing
                         return
+                    waited = True
                     reset, _ = self.limiter.get_window_stats(item, host)
                     wait = max(MIN_POLL_SECONDS, reset - time.time())
                     now = time.monotonic()
@@ -82,6 +86,16 @@ class HostRateLimit:
                 gate.release()
         finally:
             self._waiting[host] -= 1
+            _count_wait(host, time.monotonic() - started, waited)
+
+
+def _count_wait(host: str, seconds: float, waited: bool) -> None:
+    """Every turn's wait (or the wait before a deferral) goes in the histogram; those that were
+    not granted at once are counted as waits."""
+    metrics = worker_metrics()
+    metrics.ratelimit_wait_seconds.labels(host).observe(seconds)
+    if waited:
+        metrics.ratelimit_waits.labels(host).inc()
 
 
 @functools.cache

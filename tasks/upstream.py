@@ -40,7 +40,7 @@ def get(url: str, *, deadline: float, headers: dict[str, str] | None = None) -> 
     connect = max(MIN_TIMEOUT, min(settings.connect_timeout, remaining))
     read = max(MIN_TIMEOUT, min(settings.read_timeout, remaining))
     try:
-        response = http_get(settings, url, headers or {}, connect, read)
+        response = http_get(settings, url, headers or {}, connect, read, host=host)
     except UpstreamUnreachable:
         breaker.failed()
         raise

@@ -62,7 +62,8 @@ class ProbeServer:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits forever for a loop that never ran
+            self.server.shutdown()
         self.server.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
