@@ -43,7 +43,7 @@ def test_a_dotenv_shared_with_other_programs_is_read_for_taskhub_variables_only(
     assert load_settings().mqtt.client_id == "shared"
 
     dotenv.write_text("TASKHUB_MQTT__CLIENT_IDD=typo\n")
-    with pytest.raises(SettingsError, match="^TASKHUB_MQTT__CLIENT_IDD: is not a taskhub setting"):
+    with pytest.raises(SettingsError, match=r"^TASKHUB_MQTT__CLIENT_IDD: is not a taskhub setting"):
         load_settings()
 
 

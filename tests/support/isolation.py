@@ -62,7 +62,7 @@ def configure_run() -> tuple[str, int]:
             "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{standin_port}/s",
             "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{venue_port}/v2",
             # Probe servers off: many bridges and workers run at once. Tests of the probes
-            # give their process a free port (tests/support/probes.py).
+            # give their process a free port (`free_port()`).
             "TASKHUB_TELEMETRY__BRIDGE_PORT": "0",
             "TASKHUB_TELEMETRY__WORKER_PORT": "0",
         }
