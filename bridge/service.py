@@ -19,7 +19,7 @@ import redis
 from bridge.backoff import Backoff
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
-from bridge.messages import MessageBuilder, TaskCall
+from bridge.messages import MessageBuilder
 from bridge.metrics import BatchMetrics
 from bridge.outbound import Outbound
 from bridge.publish_time import from_payload
@@ -263,9 +263,10 @@ class Bridge:
         if isinstance(verdict, DeadLetter):
             outbound = Outbound.dead_letter(verdict, self.deadletter_stream)
             return Pending(received, outbound, verdict, received.sent_at)
-        return Pending(
-            received, Outbound.task(verdict, self.builder), None, _sent_at(received, verdict)
-        )
+        sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
+        if sent_at is None:
+            sent_at = from_payload(verdict.args[0])
+        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at)
 
     def _batch_due(self) -> bool:
         if len(self.pending) >= self.settings.batch_size or self._stop.is_set():
@@ -347,13 +348,6 @@ class Bridge:
         if count:
             self.counters.abandoned += count
             log.warning("%d messages left unacked for the broker to redeliver: %s", count, why)
-
-
-def _sent_at(received: Received, call: TaskCall) -> float | None:
-    """The publish time a message carries: its MQTT 5 user property, else its payload's field."""
-    if received.sent_at is not None:
-        return received.sent_at
-    return from_payload(call.args[0]) if call.args else None
 
 
 def client_id_taken(client_id: str, holder: str) -> str:
