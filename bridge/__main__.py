@@ -12,16 +12,20 @@ from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
+from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
 from bridge.service import Bridge, client_id_taken
 from bridge.source import MqttSource
 from bridge.spool import Spool, SpoolUnusable
+from bridge.state import StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
 from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
 from taskhub.settings import Settings, redact_url, settings_or_exit
+from taskhub.telemetry.probes import ProbeServer
+from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern
 
 log = logging.getLogger("taskhub.bridge")
@@ -91,7 +95,31 @@ def build_bridge(settings: Settings) -> Bridge:
         replica,
         bridge_settings,
         settings.key_prefix,
+        StateBeats(
+            publisher.redis,
+            settings.key_prefix,
+            settings.mqtt.client_id,
+            settings.telemetry.beat_interval,
+        ),
     )
+
+
+def start_probes(settings: Settings, bridge: Bridge) -> ProbeServer | None:
+    """The bridge's /metrics, /healthz and /readyz, unless TASKHUB_TELEMETRY__BRIDGE_PORT is 0."""
+    port = settings.telemetry.bridge_port
+    if port == 0:
+        return None
+    queues = QueueCollector(
+        bridge.delivery.publisher.redis, settings.key_prefix, bridge.delivery.publisher.queues
+    )
+    registry = bridge_registry(BridgeCollector(bridge.state, bridge.counts, bridge.batches), queues)
+    return ProbeServer(
+        settings.telemetry.address,
+        port,
+        metrics=exposition(registry),
+        healthy=lambda: bridge.state().healthy(),
+        ready=lambda: bridge.state().ready(),
+    ).start()
 
 
 def main() -> int:
@@ -117,13 +145,17 @@ def main() -> int:
         bridge.delivery.spool.path,
         len(bridge.delivery.spool),
     )
+    probes = start_probes(settings, bridge)  # first: a port already taken stops us at once
     try:
-        bridge.replica.claim()
-    except ClientIdTaken as taken:
-        raise SystemExit(
-            f"taskhub: bad configuration: {client_id_taken(settings.mqtt.client_id, str(taken))}"
-        ) from None
-    return bridge.run()
+        try:
+            bridge.replica.claim()
+        except ClientIdTaken as taken:
+            holder = client_id_taken(settings.mqtt.client_id, str(taken))
+            raise SystemExit(f"taskhub: bad configuration: {holder}") from None
+        return bridge.run()
+    finally:
+        if probes is not None:
+            probes.stop()
 
 
 if __name__ == "__main__":

@@ -56,10 +56,21 @@ class Delivery:
         """Why the last batch was held: the spool full, or the disk refusing it."""
         self.spool_backoff = Backoff(redis_backoff.min_delay, redis_backoff.max_delay)
         self._spool_failure: str | None = None
+        self.redis_fault: str | None = None
+        """Why Redis refused the last write (down, or full), or None if it took it."""
 
     @property
     def redis_due(self) -> bool:
         return self.redis_backoff.ready()
+
+    @property
+    def spool_fault(self) -> str | None:
+        """Why the spool would refuse a batch now (full, or the disk refusing writes), or None."""
+        if self._spool_failure is not None:
+            return f"the spool cannot be written ({self._spool_failure})"
+        if len(self.spool) >= self.spool.max_messages:
+            return f"the spool is full ({len(self.spool)} messages)"
+        return None
 
     def deliver(self, items: Sequence[Outbound]) -> list[Outcome]:
         """Put `items` somewhere durable and say where, one outcome per item."""
@@ -121,6 +132,7 @@ class Delivery:
             # Redis is up but full: this batch goes to the spool, reading pauses, and replay
             # waits until a memory reading shows room (poll_depths, while paused).
             self.backpressure.refused(error)
+            self.redis_fault = f"redis is full: {error}"
             return False
         except PublishFailed as error:
             self._redis_failed(error)
@@ -128,6 +140,7 @@ class Delivery:
         if self._redis_down_since is not None:
             log.info("redis is back after %.1fs", time.monotonic() - self._redis_down_since)
         self._redis_down_since = None
+        self.redis_fault = None
         self.redis_backoff.succeeded()
         self.backpressure.observe(depths)
         self._landed_unchecked += sum(len(item.body) for item in items)
@@ -157,4 +170,5 @@ class Delivery:
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
             log.error("redis did not take a batch: %s; spooling to %s", error, self.spool.path)
+        self.redis_fault = f"redis is unreachable: {error}"
         self.redis_backoff.failed()

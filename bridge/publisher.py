@@ -49,6 +49,9 @@ class RedisPublisher:
         self.queues = tuple(queues)
         self.ledger = ledger
         self.deadletter_maxlen = deadletter_maxlen
+        self.repeated = 0
+        """Tasks landed whose id the ledger already held: MQTT redeliveries of a landed message
+        (or a spool replay landing again), absorbed downstream by the tasks' idempotency."""
 
     def land(self, items: Sequence[Outbound]) -> dict[str, int]:
         """Land every item, or raise PublishFailed having landed none; returns queue depths.
@@ -86,6 +89,8 @@ class RedisPublisher:
             raise RedisFull(f"{type(error).__name__}: {error}") from error
         except redis.RedisError as error:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
+        if tasks:  # the ledger's ZADD NX (after its HSET) counts the task ids new to it
+            self.repeated += len(tasks) - int(results[1])
         return dict(zip(self.queues, results[len(results) - len(self.queues) :], strict=True))
 
     def depths(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 import redis
 
@@ -19,12 +20,16 @@ from bridge.backoff import Backoff
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
-from bridge.outbound import Kind, Outbound
+from bridge.metrics import BatchMetrics
+from bridge.outbound import Outbound
+from bridge.publish_time import from_payload
 from bridge.replicas import ClientIdTaken, Replica
 from bridge.source import MqttSource, Received
+from bridge.state import BridgeState, StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.deadletters import DeadLetter, stream_key
 from taskhub.settings import BridgeSettings
+from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -57,6 +62,13 @@ class Pending:
     received: Received
     outbound: Outbound | None
     """None for a message that is acked in its turn and delivered nowhere (a retained replay)."""
+    letter: DeadLetter | None = None
+    """The dead letter `outbound` carries, if it is one."""
+    sent_at: float | None = None
+    """The message's own publish time, epoch seconds, where it carries one."""
+
+
+_READ_AT = attrgetter("received.read_at")
 
 
 class Bridge:
@@ -70,6 +82,7 @@ class Bridge:
         replica: Replica,
         settings: BridgeSettings,
         key_prefix: str,
+        beats: StateBeats | None = None,
     ) -> None:
         self.source = source
         self.intake = intake
@@ -91,6 +104,10 @@ class Bridge:
         self._hold = Backoff(settings.redis_retry_min_delay, settings.redis_retry_max_delay)
         self._next_depth_poll = 0.0
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+        self.beats = beats
+        self.batches = BatchMetrics()
+        self.turned_at = time.monotonic()
+        """When the loop last turned: `/healthz` reads it from the probe thread."""
 
     def request_stop(self) -> None:
         """Stop reading; deliver and ack what is in hand; then run() returns."""
@@ -119,8 +136,50 @@ class Bridge:
                 len(self.delivery.spool),
                 self.sweeper.requeued,
             )
+            if self.beats is not None:
+                self.beats.forget()
             self.replica.release()
         return self.exit_code
+
+    def state(self) -> BridgeState:
+        """This replica as probes, metrics and beats show it; safe to call from another thread
+        (it only reads, and a momentarily stale figure is fine there)."""
+        pending = len(self.pending)
+        backpressure = self.delivery.backpressure
+        paused = tuple(
+            reason
+            for reason, on in (
+                ("queues_full", backpressure.queues_full),
+                ("memory_full", backpressure.memory_full),
+            )
+            if on
+        )
+        beat_failure = self.beats.failure if self.beats is not None else None
+        return BridgeState(
+            connected=self.source.connected,
+            subscribed=self.source.subscribed,
+            subscribe_refused=tuple(self.source.subscribe_refused),
+            in_flight=pending + len(self.source.received),
+            held=min(pending, self.settings.batch_size) if self._hold.failures else 0,
+            paused=paused,
+            spool_depth=len(self.delivery.spool),
+            redis_fault=self.delivery.redis_fault or beat_failure,
+            spool_fault=self.delivery.spool_fault,
+            leaving=bool(self._leaving),
+            stopping=self._stop.is_set(),
+            loop_age=time.monotonic() - self.turned_at,
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The counters `/metrics` shows."""
+        counters = self.counters
+        return {
+            "received": counters.received,
+            "landed": counters.landed,
+            "spooled": counters.spooled,
+            "abandoned": counters.abandoned,
+            "duplicates": counters.retained_replays + self.delivery.publisher.repeated,
+        }
 
     def _finished(self) -> bool:
         if not self._stop.is_set():
@@ -145,6 +204,7 @@ class Bridge:
         return True
 
     def _turn(self) -> None:
+        self.turned_at = time.monotonic()
         held = not self._hold.ready()
         # A leaving replica takes everything it was sent, even while paused: bounded by what
         # was in flight when it unsubscribed.
@@ -163,6 +223,10 @@ class Bridge:
             self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
         self._beat()
+        if self.beats is not None and self.beats.due():
+            flush_dead_letter_log()  # a flood's summary line, even once the flood is over
+            if self.delivery.redis_due:  # not while Redis is known down: no wait on it
+                self.beats.record(self.state())
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
             self._sweep()
@@ -190,15 +254,19 @@ class Bridge:
             self._batch_started = time.monotonic()
         self.counters.received += len(taken)
         for message in taken:
-            self.pending.append(Pending(message, self._outbound(message)))
+            self.pending.append(self._pending(message))
 
-    def _outbound(self, received: Received) -> Outbound | None:
+    def _pending(self, received: Received) -> Pending:
         if received.retained_replay:
-            return None
+            return Pending(received, None)
         verdict = self.intake.judge(received.message)
         if isinstance(verdict, DeadLetter):
-            return Outbound.dead_letter(verdict, self.deadletter_stream)
-        return Outbound.task(verdict, self.builder)
+            outbound = Outbound.dead_letter(verdict, self.deadletter_stream)
+            return Pending(received, outbound, verdict, received.sent_at)
+        sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
+        if sent_at is None:
+            sent_at = from_payload(verdict.args[0])
+        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at)
 
     def _batch_due(self) -> bool:
         if len(self.pending) >= self.settings.batch_size or self._stop.is_set():
@@ -216,7 +284,8 @@ class Bridge:
             # only make duplicates. Drop everything from that connection.
             self._drop_stale()
             return
-        outbound = [item.outbound for item in batch if item.outbound is not None]
+        delivered = [item for item in batch if item.outbound is not None]
+        outbound = [item.outbound for item in delivered if item.outbound is not None]
         outcome = self.delivery.deliver(outbound)[0] if outbound else Outcome.LANDED
         if outcome is Outcome.HELD:
             self._hold_batch()
@@ -225,10 +294,13 @@ class Bridge:
         self.source.ack([item.received for item in batch])
         for _ in batch:
             self.pending.popleft()
-        letters = [item for item in outbound if item.kind is Kind.DEAD_LETTER]
-        if letters and self.settings.deadletter_topic:
-            for letter in letters:  # a copy for MQTT consumers; the stream holds the letter
-                self.source.publish(self.settings.deadletter_topic, letter.body)
+        letters = [
+            (item.letter, item.outbound)
+            for item in delivered
+            if item.letter is not None and item.outbound is not None
+        ]
+        for letter, outbound_letter in letters:
+            self._dead_lettered(letter, outbound_letter)
         dead = len(letters)
         self.counters.dead_lettered += dead
         self.counters.retained_replays += len(batch) - len(outbound)
@@ -236,7 +308,21 @@ class Bridge:
             self.counters.landed += len(outbound) - dead
         else:
             self.counters.spooled += len(outbound) - dead
+        self.batches.landed(
+            len(batch),
+            map(_READ_AT, delivered),
+            [item.sent_at for item in delivered if item.sent_at is not None],
+            time.monotonic(),
+            time.time(),
+        )
         self._batch_started = time.monotonic() if self.pending else None
+
+    def _dead_lettered(self, letter: DeadLetter, outbound: Outbound) -> None:
+        """A dead letter is durable: count it, log it (rate-limited), and copy it to MQTT."""
+        self.batches.deadlettered[letter.reason.value] += 1
+        log_dead_letter(letter)
+        if self.settings.deadletter_topic:  # a copy for MQTT consumers; the stream holds it
+            self.source.publish(self.settings.deadletter_topic, outbound.body)
 
     def _drop_stale(self) -> None:
         kept = deque(item for item in self.pending if self.source.is_current(item.received))

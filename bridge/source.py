@@ -27,6 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.backoff import Backoff
 from bridge.bulk_client import BulkClient, decode_properties
 from bridge.intake import RawMessage
+from bridge.publish_time import from_properties, from_raw_properties
 from taskhub.mqtt import connect_arguments, new_client, reason_text, session_ending_properties
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings
@@ -49,6 +50,10 @@ class Received:
     retained_replay: bool = False
     """A retained message the broker sent again because a subscription the session already held
     was made again: acked in its turn, never enqueued (it was, when the subscription was new)."""
+    read_at: float = 0.0
+    """When the bridge read it from the socket (monotonic; one reading per socket read)."""
+    sent_at: float | None = None
+    """Its publish time from its MQTT 5 user property `sent_at` (epoch seconds), if it has one."""
 
 
 def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
@@ -83,6 +88,11 @@ class MqttSource:
         self._closing = False
         self.connection = 0
         self.connected = False
+        self.subscribed = False
+        """The broker granted every subscription on this connection."""
+        self.subscribe_refused: list[str] = []
+        """Topic filters the broker refused on this connection."""
+        self._read_at = 0.0
         self.session_present = False
         self.leaving = False
         """Unsubscribing for good: a replica leaving its share group."""
@@ -123,6 +133,7 @@ class MqttSource:
             except (OSError, ValueError):
                 readable, writable = [], []
         if readable or pending_tls:
+            self._read_at = time.monotonic()
             self._read(self.settings.read_ahead)
         if self.client.want_write():
             self.client.loop_write()
@@ -291,6 +302,8 @@ class MqttSource:
         self.client.set_no_delay()
         self.connection += 1
         self.connected = True
+        self.subscribed = False
+        self.subscribe_refused = []
         self.shed = 0
         self.session_present = bool(flags.session_present)
         log.info("mqtt connected (session present: %s)", flags.session_present)
@@ -323,6 +336,7 @@ class MqttSource:
             log.warning("mqtt disconnected: %s", reason_text(reason))
             self._reconnect.wait()
         self.connected = False
+        self.subscribed = False
 
     def _on_subscribe(
         self,
@@ -332,11 +346,15 @@ class MqttSource:
         reason_codes: list[ReasonCode],
         properties: Any,
     ) -> None:
+        refused = []
         for (topic_filter, _), granted in zip(self.subscriptions, reason_codes, strict=False):
             if granted.is_failure:
+                refused.append(topic_filter)
                 log.error("mqtt subscription to %s refused: %s", topic_filter, reason_text(granted))
             else:
                 log.info("mqtt subscribed to %s (QoS %d)", topic_filter, granted.value)
+        self.subscribe_refused = refused
+        self.subscribed = not refused
 
     def _on_publish(
         self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, properties: bytes
@@ -344,9 +362,16 @@ class MqttSource:
         """A QoS 0/1 message from the bulk receive path."""
         if self._shedding():
             return
-        lazy = functools.partial(decode_properties, properties) if properties else dict
+        if properties:
+            lazy: Any = functools.partial(decode_properties, properties)
+            sent_at = from_raw_properties(properties)
+        else:
+            lazy, sent_at = dict, None
         raw = RawMessage(topic, payload, lazy)
-        self.received.append(Received(raw, mid, qos, self.connection, self._replayed(retain)))
+        replayed = self._replayed(retain)
+        self.received.append(
+            Received(raw, mid, qos, self.connection, replayed, self._read_at, sent_at)
+        )
 
     def _shedding(self) -> bool:
         """Count a message read, and say whether it is shed (left unacked past the read-ahead).
@@ -377,6 +402,17 @@ class MqttSource:
             topic = bytes(message._topic).decode("utf-8", "replace")
         if self._shedding():
             return
-        raw = RawMessage(topic, bytes(message.payload), functools.partial(_properties_of, message))
+        properties = _properties_of(message)
+        raw = RawMessage(topic, bytes(message.payload), properties)
         replayed = self._replayed(bool(message.retain))
-        self.received.append(Received(raw, message.mid, message.qos, self.connection, replayed))
+        self.received.append(
+            Received(
+                raw,
+                message.mid,
+                message.qos,
+                self.connection,
+                replayed,
+                self._read_at,
+                from_properties(properties),
+            )
+        )

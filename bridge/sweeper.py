@@ -30,6 +30,7 @@ import redis
 
 from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetter, FailedTask, Reason, count_letter
 from taskhub.ledger import LedgerEntry, LedgerKeys
+from taskhub.telemetry.deadletter_log import log_dead_letter
 
 log = logging.getLogger("taskhub.bridge.sweeper")
 
@@ -118,11 +119,6 @@ class Sweeper:
             if entry.queue not in tails:
                 self._abandon(entry, _unknown_queue(entry))
                 self.unknown += 1
-                log.error(
-                    "task %s is on queue %s, which no route names: dead-lettered",
-                    entry.task_id,
-                    entry.queue,
-                )
                 continue
             if enqueued_at >= tails[entry.queue] or self._unacked(entry):
                 continue  # maybe still queued, or a worker holds it
@@ -150,11 +146,6 @@ class Sweeper:
         if entry.sweeps >= MAX_SWEEPS:
             self._abandon(entry, _never_completed(entry))
             self.abandoned += 1
-            log.error(
-                "task %s never completed after %d sweeps: dead-lettered",
-                entry.task_id,
-                entry.sweeps,
-            )
             return 0
         with self.redis.pipeline(transaction=True) as pipe:
             message = json.loads(entry.body)
@@ -176,43 +167,43 @@ class Sweeper:
         )
         return 1
 
-    def _abandon(self, entry: LedgerEntry, letter: dict[str, str]) -> None:
+    def _abandon(self, entry: LedgerEntry, letter: DeadLetter) -> None:
         """Dead-letter `entry` and drop it from the ledger, in one transaction."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.deadletter_stream, letter, maxlen=DEFAULT_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            count_letter(pipe, self.deadletter_stream, letter["reason"])
+            fields = letter.to_fields()
+            pipe.xadd(self.deadletter_stream, fields, maxlen=DEFAULT_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            count_letter(pipe, self.deadletter_stream, letter.reason.value)
             pipe.hdel(self.keys.entries, entry.task_id)
             pipe.zrem(self.keys.index, entry.task_id)
-            pipe.execute()
+            entry_id = pipe.execute()[0]
+        log_dead_letter(letter, _text(entry_id))
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _never_completed(entry: LedgerEntry) -> dict[str, str]:
+def _never_completed(entry: LedgerEntry) -> DeadLetter:
     """A task letter for `entry`, its arguments read back from the message, for replay."""
     task, args, kwargs = _call_in(entry.body)
-    letter = DeadLetter(
+    return DeadLetter(
         Reason.NEVER_COMPLETED,
         f"task {entry.task_id} on {entry.queue} was lost or failed {entry.sweeps} times",
         route=entry.queue,
         task=FailedTask(task, entry.task_id, entry.queue, args, kwargs),
     )
-    return letter.to_fields()
 
 
-def _unknown_queue(entry: LedgerEntry) -> dict[str, str]:
+def _unknown_queue(entry: LedgerEntry) -> DeadLetter:
     """A task letter for an entry whose queue no route names (a route removed or renamed)."""
     task, args, kwargs = _call_in(entry.body)
-    letter = DeadLetter(
+    return DeadLetter(
         Reason.UNKNOWN_QUEUE,
         f"task {entry.task_id} was enqueued on {entry.queue}, which no route names now; "
         "it may still wait there, unread",
         route=entry.queue,
         task=FailedTask(task, entry.task_id, entry.queue, args, kwargs),
     )
-    return letter.to_fields()
 
 
 def _call_in(body: str) -> tuple[str, list[Any], dict[str, Any]]:

@@ -19,6 +19,7 @@ from kombu.message import Message
 
 from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
 from taskhub.settings import get_settings
+from taskhub.telemetry.deadletter_log import log_dead_letter
 
 log = logging.getLogger("taskhub.worker")
 
@@ -67,8 +68,8 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
                 self._store = DeadLetterStore(
                     client, settings.key_prefix, settings.bridge.deadletter_maxlen
                 )
-            entry = self._store.add(refused_letter(message, reason, error))
-            log.error("refused a %s message: dead-lettered as %s", reason.value, entry)
+            letter = refused_letter(message, reason, error)
+            log_dead_letter(letter, self._store.add(letter))
         except redis.RedisError as failure:
             log.error("refused a message and could not dead-letter it: %s", failure)
 

@@ -33,6 +33,7 @@ from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
 from taskhub.deferral import defer
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
+from taskhub.telemetry.deadletter_log import log_dead_letter
 from taskhub.worker import broker_redis
 
 log = logging.getLogger("taskhub.worker")
@@ -181,7 +182,7 @@ def _dead_letter(
             key, LETTERED, ex=max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))
         )
         pipe.execute()
-    log.error("task %s[%s] dead-lettered as worker_lost: %s", task.name, request.id, letter.detail)
+    log_dead_letter(letter)
 
 
 def _drop_lettered_copy(client: redis.Redis, task: Task) -> NoReturn:

@@ -19,6 +19,7 @@ from celery.signals import task_failure
 
 from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
 from taskhub.settings import get_settings
+from taskhub.telemetry.deadletter_log import log_dead_letter
 from taskhub.worker_losses import WorkerLostTooOften
 from tasks.ledger import INFRASTRUCTURE_ERRORS
 
@@ -99,7 +100,7 @@ def record_failed_task(
         return
     letter = failed_task_letter(sender, task_id, exception, args, kwargs)
     try:
-        deadletter_store().add(letter)
+        log_dead_letter(letter, deadletter_store().add(letter))
     except redis.RedisError as error:
         log.error("task %s failed and could not be dead-lettered: %s", task_id, error)
 
