@@ -182,6 +182,7 @@ def test_the_rate_limited_log_sums_up_what_it_left_out() -> None:
     logger = logging.getLogger(f"test.rate_limited.{uuid.uuid4().hex}")
     logger.addHandler(Recorder())
     logger.propagate = False
+    logger.setLevel(logging.WARNING)  # an embedded worker earlier may have raised the root level
     limited = RateLimitedLog(logger, limit=2, window=10, clock=lambda: now[0])
     for n in range(5):
         limited.warning("letter %d", n)
