@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import redis
@@ -63,7 +64,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         reading = snapshot.take(client, settings.key_prefix, queues, first)
         if not args.watch:
             _show(console, reading, args)
-            return _verdict(console, reading, args.max_age)
+            return _verdict(reading, args.max_age)
         return _watch(console, client, settings.key_prefix, queues, reading, args)
     except redis.RedisError as error:
         raise SystemExit(f"taskhub: status: Redis unreachable: {error}") from None
@@ -89,7 +90,7 @@ def _watch(
                 reading = snapshot.take(client, key_prefix, queues, reading)
                 live.update(_tables(reading), refresh=True)
     except KeyboardInterrupt:
-        return _verdict(console, reading, args.max_age)
+        return _verdict(reading, args.max_age)
 
 
 def _show(console: Console, reading: Snapshot, args: argparse.Namespace) -> None:
@@ -99,16 +100,15 @@ def _show(console: Console, reading: Snapshot, args: argparse.Namespace) -> None
         console.print(_tables(reading))
 
 
-def _verdict(console: Console, reading: Snapshot, max_age: float | None) -> int:
+def _verdict(reading: Snapshot, max_age: float | None) -> int:
     if max_age is None:
         return 0
     stalled = reading.stalled(max_age)
-    for queue in stalled:
-        console.print(
+    for queue in stalled:  # on stderr: with --json, stdout holds JSON only
+        print(
             f"status: queue {queue.state.name}: oldest task waited "
             f"{queue.state.oldest_age:.0f}s (> {max_age:g}s) and no ready worker consumes it",
-            highlight=False,
-            markup=False,
+            file=sys.stderr,
         )
     return EXIT_STALLED if stalled else 0
 
