@@ -49,6 +49,8 @@ class RedisPublisher:
         self.queues = tuple(queues)
         self.ledger = ledger
         self.deadletter_maxlen = deadletter_maxlen
+        self.letter_ids: list[str] = []
+        """The stream entry ids of the dead letters the last `land` wrote, in their order."""
         self.repeated = 0
         """Tasks landed whose id the ledger already held: MQTT redeliveries of a landed message
         (or a spool replay landing again), absorbed downstream by the tasks' idempotency."""
@@ -66,6 +68,7 @@ class RedisPublisher:
             (LedgerEntry(item.task_id, item.key, item.body) for item in tasks),
             time.time(),
         )
+        letter_slots: list[int] = []
         for key, run in itertools.groupby(items, key=lambda item: (item.kind, item.key)):
             kind, target = key
             if kind is Kind.TASK:
@@ -74,6 +77,7 @@ class RedisPublisher:
                 continue
             for item in run:
                 fields = item.stream_fields()
+                letter_slots.append(len(pipe))  # where this XADD's entry id will be in the reply
                 pipe.xadd(
                     item.key,
                     fields,  # type: ignore[arg-type]
@@ -91,6 +95,7 @@ class RedisPublisher:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
         if tasks:  # the ledger's ZADD NX (after its HSET) counts the task ids new to it
             self.repeated += len(tasks) - int(results[1])
+        self.letter_ids = [_text(results[slot]) for slot in letter_slots]
         return dict(zip(self.queues, results[len(results) - len(self.queues) :], strict=True))
 
     def depths(self) -> dict[str, int]:
@@ -116,3 +121,7 @@ class RedisPublisher:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -299,8 +299,11 @@ class Bridge:
             for item in delivered
             if item.letter is not None and item.outbound is not None
         ]
-        for letter, outbound_letter in letters:
-            self._dead_lettered(letter, outbound_letter)
+        # Landed: the publisher has their stream entry ids, in order. Spooled: none yet.
+        entry_ids = self.delivery.publisher.letter_ids if outcome is Outcome.LANDED else []
+        for n, (letter, outbound_letter) in enumerate(letters):
+            entry_id = entry_ids[n] if n < len(entry_ids) else "(spooled)"
+            self._dead_lettered(letter, outbound_letter, entry_id)
         dead = len(letters)
         self.counters.dead_lettered += dead
         self.counters.retained_replays += len(batch) - len(outbound)
@@ -317,10 +320,10 @@ class Bridge:
         )
         self._batch_started = time.monotonic() if self.pending else None
 
-    def _dead_lettered(self, letter: DeadLetter, outbound: Outbound) -> None:
+    def _dead_lettered(self, letter: DeadLetter, outbound: Outbound, entry_id: str) -> None:
         """A dead letter is durable: count it, log it (rate-limited), and copy it to MQTT."""
         self.batches.deadlettered[letter.reason.value] += 1
-        log_dead_letter(letter)
+        log_dead_letter(letter, entry_id)
         if self.settings.deadletter_topic:  # a copy for MQTT consumers; the stream holds it
             self.source.publish(self.settings.deadletter_topic, outbound.body)
 

@@ -23,6 +23,7 @@ from bridge.intake import RawMessage
 from bridge.metrics import BulkHistogram
 from bridge.publish_time import from_payload, from_properties, from_raw_properties
 from bridge.state import BridgeState
+from taskhub.deadletters import DeadLetterStore
 from taskhub.demo.feed import publish
 from taskhub.settings import get_settings
 from taskhub.telemetry.beats import bridge_beats
@@ -169,6 +170,11 @@ def test_a_flood_of_invalid_payloads_is_counted_by_reason_and_logged_within_the_
     assert len(logged) + not_logged == FLOOD
     assert "invalid_json" in logged[0]
     assert _checkins_topic() in logged[0]
+    entry_id = re.search(r" entry (\d+-\d+): ", logged[0])
+    assert entry_id is not None, logged[0]  # the id `taskhub deadletter show` takes
+    letter = DeadLetterStore(broker_redis, get_settings().key_prefix).get(entry_id.group(1))
+    assert letter is not None
+    assert letter.reason.value == "invalid_json"
 
 
 def test_the_rate_limited_log_sums_up_what_it_left_out() -> None:
