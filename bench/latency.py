@@ -59,8 +59,17 @@ class Ping:
         return json.dumps({"seq": self.seq, "sent_at": time.time()}).encode()
 
 
+NO_PROBES = {"TASKHUB_TELEMETRY__BRIDGE_PORT": "0", "TASKHUB_TELEMETRY__WORKER_PORT": "0"}
+"""Two workers on one host would both claim the default probe port; nothing here scrapes them."""
+
+
 def _env(found: Stage, client_id: str) -> dict[str, str]:
-    return {**found.env(client_id), "TASKHUB_ROUTES": ROUTES_SPEC, "PYTHONUNBUFFERED": "1"}
+    return {
+        **found.env(client_id),
+        **NO_PROBES,
+        "TASKHUB_ROUTES": ROUTES_SPEC,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _bridge(found: Stage, name: str, run: str, log_dir: Path) -> Process:

@@ -154,6 +154,10 @@ class Chaos:
             "REMAP_SIGTERM": "SIGQUIT",
             "TASKHUB_MQTT__SHARE_GROUP": SHARE_GROUP,
             "TASKHUB_ROUTES": POISON_ROUTES,
+            # Several bridges and workers on one host: probe servers off (their own tests
+            # cover them), or every process after the first would refuse to start.
+            "TASKHUB_TELEMETRY__BRIDGE_PORT": "0",
+            "TASKHUB_TELEMETRY__WORKER_PORT": "0",
         }
         self.processes: list[Process] = []
         self.publisher: SequencedPublisher | None = None
