@@ -19,6 +19,7 @@ from tests.support.servers import MosquittoServer, RedisServer
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
     from taskhub.settings import MqttSettings
+    from tests.support.flower import Flower
 
 _RUN: dict[str, object] = {}
 
@@ -133,6 +134,18 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def flower(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Flower]:
+    """Flower on a free port behind a password of its own (tests/support/flower.py)."""
+    from tests.support.flower import start_flower
+
+    server = start_flower(log_dir)
+    try:
+        yield server
+    finally:
+        server.process.kill()
 
 
 @pytest.fixture

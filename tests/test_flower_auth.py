@@ -4,30 +4,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from tornado.routing import URLSpec
 from tornado.web import RequestHandler, StaticFileHandler
 
 from taskhub import flower_views
-from tests.support.flower import Flower, start_flower
+from tests.support.flower import Flower
 
 pytestmark = pytest.mark.e2e
 
 _GROUP = re.compile(r"\([^)]*\)")
-
-
-@pytest.fixture
-def flower(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Flower]:
-    server = start_flower(log_dir)
-    try:
-        yield server
-    finally:
-        server.process.kill()
 
 
 def test_healthcheck_asks_for_the_password_and_metrics_are_gone(flower: Flower) -> None:

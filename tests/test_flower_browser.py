@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import checkin_tweet
 from tests.support.browser import details, rendered_dom, table_rows
-from tests.support.flower import Flower, start_flower
+from tests.support.flower import Flower
 from tests.support.processes import WORKER_READY, Process, celery, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.e2e
 WORKER_QUEUE = "checkins"
 WORKER_NAME = f"flower-{os.getpid()}"
 BROKER_COLUMNS = ["Queue", "Messages", "Unacked", "Ready", "Consumers", "Idle since"]
-
-
-@pytest.fixture
-def flower(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Flower]:
-    server = start_flower(log_dir)
-    try:
-        yield server
-    finally:
-        server.process.kill()
 
 
 @pytest.fixture
