@@ -95,7 +95,8 @@ class RedisPublisher:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
         if tasks:  # the ledger's ZADD NX (after its HSET) counts the task ids new to it
             self.repeated += len(tasks) - int(results[1])
-        self.letter_ids = [_text(results[slot]) for slot in letter_slots]
+        # XADD's entry ids, as bytes: this client does not decode replies.
+        self.letter_ids = [results[slot].decode() for slot in letter_slots]
         return dict(zip(self.queues, results[len(results) - len(self.queues) :], strict=True))
 
     def depths(self) -> dict[str, int]:
@@ -121,7 +122,3 @@ class RedisPublisher:
 
     def close(self) -> None:
         self.redis.close()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

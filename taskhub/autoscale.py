@@ -19,9 +19,9 @@ import redis
 from celery.worker import state
 from celery.worker.autoscale import Autoscaler
 
-from taskhub.deferral import sent_at_of
 from taskhub.routes import WorkerPool
 from taskhub.settings import get_settings
+from taskhub.telemetry.queues import list_tails, waiting_and_oldest
 from taskhub.worker import LENDING_FACTOR, install_slot_lender, pool_kind
 
 log = logging.getLogger("taskhub.autoscale")
@@ -36,15 +36,8 @@ class Backlog:
 
     def read(self) -> tuple[int, float]:
         """(depth, age of the oldest task in seconds; 0 when it carries no time)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in self.queues:
-                pipe.llen(queue)
-                pipe.lindex(queue, -1)  # kombu pushes on the left and pops on the right
-            replies = pipe.execute()
-        depth = sum(int(n) for n in replies[0::2])
-        sent = [sent_at_of(raw) for raw in replies[1::2] if raw is not None]
-        known = [at for at in sent if at is not None]
-        return depth, (time.time() - min(known)) if known else 0.0
+        depth, oldest = waiting_and_oldest(list_tails(self.client, self.queues))
+        return depth, (time.time() - oldest) if oldest is not None else 0.0
 
 
 class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]

@@ -44,6 +44,26 @@ def sub_queues(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
+def list_tails(client: redis.Redis, names: Sequence[str]) -> list[tuple[int, float | None]]:
+    """For each kombu list in `names`, in one round trip: its length, and when the task at its
+    tail (the next to be taken, the oldest) was first queued (None if empty or it does not say)."""
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(name)
+            pipe.lindex(name, -1)  # kombu pushes on the left and takes from the right
+        replies = pipe.execute()
+    return [
+        (int(length), None if tail is None else sent_at_of(tail))
+        for length, tail in zip(replies[0::2], replies[1::2], strict=True)
+    ]
+
+
+def waiting_and_oldest(tails: Sequence[tuple[int, float | None]]) -> tuple[int, float | None]:
+    """Several lists' tails together: tasks waiting, and the oldest first-queued time known."""
+    known = [sent for _, sent in tails if sent is not None]
+    return sum(length for length, _ in tails), min(known) if known else None
+
+
 def read_queues(
     client: redis.Redis,
     queues: Sequence[str],
@@ -51,27 +71,20 @@ def read_queues(
     now: float | None = None,
 ) -> list[QueueState]:
     """Every queue in `queues`, as Redis holds it now."""
-    with client.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            for name in sub_queues(queue):
-                pipe.llen(name)
-                pipe.lindex(name, -1)  # kombu pushes on the left and takes from the right
-        replies = pipe.execute()
+    per_queue = len(sub_queues(""))
+    tails = list_tails(client, [name for queue in queues for name in sub_queues(queue)])
     unacked = unacked_by_queue(client)
     ready = [beat for beat in workers if beat.ready]
     now = time.time() if now is None else now
     states = []
-    per_queue = 2 * len(sub_queues(""))
     for n, queue in enumerate(queues):
-        mine = replies[n * per_queue : (n + 1) * per_queue]
-        sent = [sent_at_of(raw) for raw in mine[1::2] if raw is not None]
-        known = [at for at in sent if at is not None]
+        waiting, oldest = waiting_and_oldest(tails[n * per_queue : (n + 1) * per_queue])
         states.append(
             QueueState(
                 name=queue,
-                waiting=sum(int(length) for length in mine[0::2]),
+                waiting=waiting,
                 unacked=unacked.get(queue, 0),
-                oldest_age=max(0.0, now - min(known)) if known else 0.0,
+                oldest_age=0.0 if oldest is None else max(0.0, now - oldest),
                 consumers=sum(1 for beat in ready if queue in beat.queues),
             )
         )

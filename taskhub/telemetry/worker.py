@@ -63,8 +63,9 @@ _hostname = ""
 _telemetry: WorkerTelemetry | None = None
 
 
-def _queue(delivery_info: Mapping[str, Any] | None) -> str:
-    return str((delivery_info or {}).get("routing_key") or "")
+def _labels(name: object, delivery_info: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """A task metric's (name, hostname, queue_name)."""
+    return str(name or ""), _hostname, str((delivery_info or {}).get("routing_key") or "")
 
 
 # Task metrics. Per task, in the process that runs it: two signals and a handful of increments.
@@ -73,14 +74,14 @@ def _queue(delivery_info: Mapping[str, Any] | None) -> str:
 @task_received.connect
 def _count_received(request: Any = None, **_: object) -> None:
     if request is not None:
-        labels = (request.name, _hostname, _queue(request.delivery_info))
+        labels = _labels(request.name, request.delivery_info)
         worker_metrics().received.labels(*labels).inc()
 
 
 @task_prerun.connect
 def _count_started(task: Any = None, **_: object) -> None:
     request = task.request
-    labels = (task.name, _hostname, _queue(request.delivery_info))
+    labels = _labels(task.name, request.delivery_info)
     metrics = worker_metrics()
     metrics.started.labels(*labels).inc()
     sent_at = getattr(request, SENT_AT_HEADER, None) or (request.headers or {}).get(SENT_AT_HEADER)
@@ -94,7 +95,7 @@ def _count_finished(
     task: Any = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
     request = task.request
-    labels = (task.name, _hostname, _queue(request.delivery_info))
+    labels = _labels(task.name, request.delivery_info)
     metrics = worker_metrics()
     started = getattr(request, STARTED_AT, None)
     if started is not None:
@@ -113,7 +114,7 @@ def _count_finished(
 @task_revoked.connect
 def _count_revoked(request: Any = None, **_: object) -> None:
     if request is not None:
-        labels = (request.name, _hostname, _queue(request.delivery_info))
+        labels = _labels(request.name, request.delivery_info)
         worker_metrics().revoked.labels(*labels).inc()
 
 
@@ -122,8 +123,7 @@ def _count_revoked(request: Any = None, **_: object) -> None:
 def _count_refused(message: Any = None, **_: object) -> None:
     """A message the consumer refused (unknown task, malformed): rejected before any run."""
     if message is not None:
-        name = str((message.headers or {}).get("task") or "")
-        labels = (name, _hostname, _queue(message.delivery_info))
+        labels = _labels((message.headers or {}).get("task"), message.delivery_info)
         worker_metrics().rejected.labels(*labels).inc()
 
 
