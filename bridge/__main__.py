@@ -23,7 +23,8 @@ from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
 from taskhub.deadletters import stream_key
 from taskhub.ledger import LedgerKeys
-from taskhub.settings import Settings, redact_url, settings_or_exit
+from taskhub.redaction import redact, redact_logs
+from taskhub.settings import Settings, settings_or_exit
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern
@@ -128,6 +129,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_logs()
     settings = settings_or_exit()
     bridge = build_bridge(settings)
     freeze_startup_objects()  # full collections would walk Celery's heap and stall the loop
@@ -141,7 +143,7 @@ def main() -> int:
     log.info(
         "bridge starting: %d routes -> redis %s, spool %s (%d waiting)",
         len(bridge.intake.routes),
-        redact_url(settings.broker_url.get_secret_value()),
+        redact(settings.broker_url.get_secret_value()),
         bridge.delivery.spool.path,
         len(bridge.delivery.spool),
     )

@@ -12,10 +12,17 @@ from typing import Any
 
 import billiard.common
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 
 import taskhub.deferral  # connects the publish stamp and the ETA cap
 import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
+from taskhub.redaction import redact_logs
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
 from taskhub.task_log import shorten_success_lines
@@ -28,6 +35,14 @@ app.config_from_object("celeryconfig")
 shorten_success_lines()
 
 log = logging.getLogger("taskhub.worker")
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_worker_logs(logger: logging.Logger, **_: object) -> None:
+    """Mask secrets in every line Celery's handlers write (the root's and the task logger's, which
+    does not propagate): kombu and redis-py errors quote URLs, and tasks log what they like."""
+    redact_logs(logger)
 
 
 @worker_init.connect

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from taskhub import deadletter_commands, status_command
-from taskhub.settings import Settings, redact_url, settings_or_exit
+from taskhub.redaction import redact_document, redact_logs
+from taskhub.settings import Settings, settings_or_exit
 
 
 def _routes(settings: Settings) -> int:
@@ -38,10 +39,15 @@ def _routes(settings: Settings) -> int:
 
 def _config(settings: Settings) -> int:
     document = settings.model_dump(mode="json")
-    for field in ("broker_url", "result_backend", "store_url"):
-        value = getattr(settings, field)
-        document[field] = None if value is None else redact_url(value.get_secret_value())
-    Console().print_json(data=document)
+    document["broker_url"] = settings.broker_url.get_secret_value()
+    document["result_backend"] = settings.result_backend.get_secret_value()
+    document["store_url"] = settings.store_redis_url  # the one in use, not null when unset
+    Console().print_json(data=redact_document(document))
+    if settings.store_url is None:
+        print(
+            "taskhub config: store_url is broker_url (TASKHUB_STORE_URL is not set)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -142,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_logs()
     settings = settings_or_exit()
     if args.command == "routes":
         return _routes(settings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,8 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+
+from taskhub.redaction import redact, redact_document
 
 DEFAULT_MAXLEN = 100_000
 SCAN_CHUNK = 500
@@ -54,15 +55,6 @@ class Reason(StrEnum):
 
 NOT_REPLAYABLE = frozenset({Reason.CONTENT_DISALLOWED, Reason.INVALID_TASK})
 """Letters whose payload must never be run: kept for inspection only."""
-
-_CREDENTIALS_IN_URL = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@"
-)
-
-
-def redact(text: str) -> str:
-    """`text` with any password inside a URL replaced by `***`: error messages quote URLs."""
-    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +94,9 @@ class DeadLetter:
         return self.reason not in NOT_REPLAYABLE
 
     def to_fields(self) -> dict[str, str]:
-        """Flat string fields for XADD; payload bytes kept exactly (base64 where not UTF-8)."""
+        """Flat string fields for XADD; payload bytes kept exactly (base64 where not UTF-8), and
+        secrets masked in the detail, traceback and properties (never in the payload or the
+        arguments, which replay needs as they were)."""
         try:
             payload, encoding = self.payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -116,7 +110,7 @@ class DeadLetter:
             "payload_encoding": encoding,
             "route": self.route or "",
             "received_at": self.received_at.isoformat(),
-            "properties": json.dumps(self.properties, default=str),
+            "properties": json.dumps(redact_document(self.properties), default=str),
         }
         if self.task is not None:
             fields.update(

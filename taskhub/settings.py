@@ -9,10 +9,11 @@ import difflib
 import functools
 import os
 import re
+import typing
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskhub import redaction
+
 ENV_PREFIX = "TASKHUB_"
 ENV_NESTED_DELIMITER = "__"
 
@@ -36,17 +39,6 @@ DEFAULT_VENUE_URL = "http://127.0.0.1:8701"
 
 class SettingsError(Exception):
     """A setting is missing or wrong; the message is one line that says which and why."""
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***`, safe for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def _redis_url(value: SecretStr) -> SecretStr:
@@ -384,6 +376,19 @@ class Settings(BaseSettings):
     def store_redis_url(self) -> str:
         return (self.store_url or self.broker_url).get_secret_value()
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold: a SecretStr's value, or a URL's password."""
+        values: list[str] = []
+        for location in _secret_locations():
+            secret: Any = self
+            for name in location:
+                secret = getattr(secret, name)
+            if secret is not None:
+                text = secret.get_secret_value()
+                # A URL is no secret (its host is worth seeing in a log); its password is.
+                values += redaction.secrets_in_url(text) if "://" in text else [text]
+        return values
+
 
 def _variable_name(location: tuple[int | str, ...]) -> str:
     names = [str(part) for part in location if not isinstance(part, int)]
@@ -392,15 +397,49 @@ def _variable_name(location: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(names).upper()
 
 
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_is_secret(arg) for arg in typing.get_args(annotation))
+
+
+@functools.cache
+def _secret_locations() -> frozenset[tuple[str, ...]]:
+    """Where the SecretStr settings sit, as pydantic's error locations name them."""
+    found: set[tuple[str, ...]] = set()
+    for name, info in Settings.model_fields.items():
+        if _is_secret(info.annotation):
+            found.add((name,))
+        block = info.annotation
+        if isinstance(block, type) and issubclass(block, BaseModel):
+            found.update(
+                (name, field)
+                for field, inner in block.model_fields.items()
+                if _is_secret(inner.annotation)
+            )
+    return frozenset(found)
+
+
+def _may_hold_a_secret(location: tuple[int | str, ...]) -> bool:
+    """True for a SecretStr setting, or a whole block given as one value that holds one."""
+    names = tuple(str(part) for part in location if not isinstance(part, int))
+    return any(
+        names[: len(secret)] == secret or secret[: len(names)] == names
+        for secret in _secret_locations()
+    )
+
+
 def _describe(error: dict[str, Any]) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    value = error.get("input")
+    variable = _variable_name(error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"{_variable_name(error['loc'])}: is not a taskhub setting"
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        shown = "***" if "password" in str(error["loc"]).lower() else repr(value)
-        return f"{_variable_name(error['loc'])}: {message} (got {shown})"
-    return f"{_variable_name(error['loc'])}: {message}"
+        return f"{variable}: is not a taskhub setting"
+    message = redaction.redact(str(error["msg"]).removeprefix("Value error, "))
+    value = error.get("input")
+    if _may_hold_a_secret(error["loc"]):
+        return f"{variable}: {message}"  # a secret is never shown, not even masked
+    if isinstance(value, str):
+        return f"{variable}: {message} (got {redaction.redact(value)!r})"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{variable}: {message} (got {value!r})"
+    return f"{variable}: {message}"
 
 
 def known_variables() -> set[str]:
@@ -443,8 +482,10 @@ def load_settings(**overrides: Any) -> Settings:
 
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return load_settings()
+    """The process's settings, read once; their secrets are masked in all it logs from then on."""
+    settings = load_settings()
+    redaction.remember(settings.secret_values())
+    return settings
 
 
 def settings_or_exit() -> Settings:

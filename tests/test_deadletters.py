@@ -25,10 +25,10 @@ from taskhub.deadletters import (
     FailedTask,
     LetterFilter,
     Reason,
-    redact,
 )
 from taskhub.demo.feed import publish
 from taskhub.mqtt import connect_arguments, new_client
+from taskhub.redaction import redact
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
 from tests.support.isolation import free_port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from taskhub.settings import MqttProtocol, SettingsError, load_settings, redact_url
+from taskhub.redaction import MASK, redact
+from taskhub.settings import MqttProtocol, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,11 +87,47 @@ def test_passwords_stay_out_of_reprs_errors_and_logs(monkeypatch: pytest.MonkeyP
     settings = load_settings()
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.model_dump())
-    assert redact_url(settings.broker_url.get_secret_value()) == "redis://:***@127.0.0.1:6379/3"
+    assert redact(settings.broker_url.get_secret_value()) == "redis://:***@127.0.0.1:6379/3"
     monkeypatch.setenv("TASKHUB_MQTT__PORT", "-1")
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert "hunter2" not in str(raised.value)
+
+
+def test_a_secret_setting_is_never_shown_in_a_start_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Masked by what the setting is (SecretStr), not by its name: an API key is no 'password'."""
+    monkeypatch.setenv("TASKHUB_HTTP", '{"venue_api_key": 73911204}')  # a number, not a string
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == "TASKHUB_HTTP__VENUE_API_KEY: Input should be a valid string"
+
+
+def test_taskhub_config_shows_the_urls_in_use_and_no_secret() -> None:
+    env = {
+        **os.environ,
+        "TASKHUB_BROKER_URL": "redis://:hunter2@redis@127.0.0.1:6379/3?password=hunter2q",
+        "TASKHUB_MQTT__USERNAME": "bridge",
+        "TASKHUB_MQTT__PASSWORD": "hunter2-mqtt",
+        "TASKHUB_HTTP__VENUE_API_KEY": "hunter2-key",
+        "TASKHUB_HTTP__SHORTLINK_BASE_URL": "http://bob:hunter2-link@short.example/s",
+    }
+    env.pop("TASKHUB_STORE_URL", None)
+    argv = [sys.executable, "-m", "taskhub.cli", "config"]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["broker_url"] == "redis://:***@127.0.0.1:6379/3?password=***"
+    assert shown["store_url"] == shown["broker_url"]  # the URL in use, not null
+    assert shown["mqtt"]["username"] == "bridge"
+    assert shown["mqtt"]["password"] == shown["http"]["venue_api_key"] == MASK
+    assert shown["http"]["shortlink_base_url"] == "http://bob:***@short.example/s"
+    assert (
+        done.stderr.strip()
+        == "taskhub config: store_url is broker_url (TASKHUB_STORE_URL is not set)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,37 @@ def test_a_damaged_spool_file_is_refused_in_one_line_and_left_in_place(tmp_path:
     assert "file is not a database" in lines[0]
     assert "move a damaged spool file aside" in lines[0]
     assert spool.read_bytes() == b"this was a spool once" * 100
+
+
+URL_PASSWORD = "s3cretPW"  # noqa: S105  (made up, for the tests to look for)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("TASKHUB_BROKER_URL", "http://:s3cretPW@redis.internal:6379/0", "not http scheme"),
+        ("TASKHUB_BROKER_URL", "redis+sentinel://:s3cretPW@sentinel:26379/0", "redis+sentinel"),
+        ("TASKHUB_RESULT_BACKEND", "htp://:s3cretPW@redis.internal:6379/1", "not htp scheme"),
+        ("TASKHUB_STORE_URL", "rediss//:s3c@retPW@redis.internal:6380/0", "not no scheme"),
+        ("TASKHUB_HTTP__SHORTLINK_BASE_URL", "ftp://u:s3c@retPW@short.example/s", "(got 'ftp://u:***@short.example/s')"),
+        ("TASKHUB_HTTP__VENUE_API_BASE_URL", "ftp://venue.example/v2?api_key=s3cretPW", "(got 'ftp://venue.example/v2?api_key=***')"),
+    ],
+)  # fmt: skip
+def test_a_refused_url_never_shows_its_password(variable: str, value: str, complaint: str) -> None:
+    done = _start(python_module("bridge"), {variable: value})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"taskhub: bad configuration: {variable}: ")
+    assert complaint in lines[0]
+    assert "s3c" not in done.stderr + done.stdout
+
+
+def test_taskhub_config_refuses_a_url_without_showing_its_password() -> None:
+    done = _start(
+        python_module("taskhub.cli", "config"),
+        {"TASKHUB_BROKER_URL": "http://:s3cretPW@redis.internal:6379/0"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("taskhub: bad configuration: TASKHUB_BROKER_URL: must be")
+    assert URL_PASSWORD not in done.stderr + done.stdout

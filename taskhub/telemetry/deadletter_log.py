@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from taskhub.deadletters import DeadLetter, redact
+from taskhub.deadletters import DeadLetter
+from taskhub.redaction import redact
 
 log = logging.getLogger("taskhub.deadletters")
 
