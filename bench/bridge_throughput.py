@@ -91,9 +91,12 @@ def drain_naive(found: Stage, count: int) -> float:
     return speed
 
 
-def drain_taskhub(found: Stage, count: int, profile: Path | None) -> tuple[float, float]:
-    """taskhub's bridge as an operator runs it; returns (speed, peak RSS MB)."""
-    return _drain_into_redis(found, count, start_bridge(found, client_id("taskhub"), profile))
+def drain_taskhub(
+    found: Stage, count: int, profile: Path | None, session: str = "taskhub"
+) -> tuple[float, float]:
+    """taskhub's bridge as an operator runs it, on the MQTT session named `session`; returns
+    (speed, peak RSS MB)."""
+    return _drain_into_redis(found, count, start_bridge(found, client_id(session), profile))
 
 
 def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) -> int:

@@ -96,3 +96,15 @@ def test_the_broker_autosave_benchmark_runs_and_reports() -> None:
     )
     assert found, last
     assert int(found.group(8)) <= repo_autosave_changes(), last
+
+
+@pytest.mark.usefixtures("broker_redis")
+def test_the_redis_fsync_benchmark_runs_and_reports() -> None:
+    last = _run("bench.redis_fsync", "--messages", "500", "--rounds", "1")
+    found = re.fullmatch(
+        rf"redis_fsync: always=({NUMBER})/s everysec=({NUMBER})/s ratio=({NUMBER}) "
+        rf"always_exec_ms=({NUMBER}) everysec_exec_ms=({NUMBER})",
+        last,
+    )
+    assert found, last
+    assert all(float(value.replace(",", "")) > 0 for value in found.groups())

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.isolation import free_port
-from tests.support.processes import wait_for
+from tests.support.credentials import mosquitto_password_file
+from tests.support.servers import MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {"standin", "worker", "bridge", "flower"}
@@ -67,37 +67,15 @@ def test_compose_mosquitto_uses_the_repo_config() -> None:
 
 
 def test_repo_mosquitto_config_loads_in_a_real_broker(tmp_path: Path) -> None:
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(mosquitto).exists():
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("no mosquitto binary on this machine")
-    port = free_port()
     config = (ROOT / "scripts/mosquitto.conf").read_text()
     assert "persistence true" in config
     assert "max_queued_messages 0" in config
-    config = config.replace("listener 1883", f"listener {port} 127.0.0.1").replace(
-        "/mosquitto/data/", f"{tmp_path}/"
-    )
-    (tmp_path / "mosquitto.conf").write_text(config)
-    broker = subprocess.Popen(
-        [mosquitto, "-c", str(tmp_path / "mosquitto.conf")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        import socket
-
-        def answers() -> bool:
-            assert broker.poll() is None, broker.stdout.read() if broker.stdout else ""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(answers, 10, "mosquitto with the repo's config to listen")
-    finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+    passwords = mosquitto_password_file(tmp_path / "passwords", "taskhub", "not-a-secret")
+    broker = MosquittoServer(tmp_path / "mosquitto", password_file=passwords)
+    broker.start()  # fails unless it listens
+    broker.stop()
 
 
 def test_readme_documents_every_setting() -> None:

@@ -10,7 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.isolation import free_port
@@ -103,11 +103,38 @@ class RedisServer(_Server):
         return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
 
+class ConfiguredRedisServer(_Server):
+    """redis-server run with someone else's arguments (docker-compose.yml's), moved to a spare
+    loopback port and a private directory; `password` is the one those arguments require."""
+
+    name = "redis"
+
+    def __init__(self, workdir: Path, arguments: Sequence[str], password: str) -> None:
+        super().__init__(workdir)
+        self.arguments = list(arguments)
+        self.password = password
+
+    def argv(self) -> list[str]:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        # Later arguments win, so the private port and directory override anything given.
+        where = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        return [binary, *self.arguments, *where]
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+
 REPO_MOSQUITTO_CONF = Path(__file__).resolve().parents[2] / "scripts" / "mosquitto.conf"
+REPO_USERS_FILE = "/mosquitto/auth/passwords"
+"""Where the repo's config reads its users from (docker-compose.yml fills it)."""
+REPO_LOGIN = f"allow_anonymous false\npassword_file {REPO_USERS_FILE}"
+"""The repo's config's login lines: users from the password file, nobody anonymous."""
 
 
 class MosquittoServer(_Server):
-    """Mosquitto with the repo's own config (persistence on, no queue limit) on a spare port."""
+    """Mosquitto with the repo's own config (persistence on, no queue limit) on a spare port,
+    open to anonymous clients on loopback unless told how to log in."""
 
     name = "mosquitto"
 
@@ -117,16 +144,23 @@ class MosquittoServer(_Server):
         listener_config: str = "",
         persistent: bool = True,
         settings: Mapping[str, str] | None = None,
+        password_file: Path | None = None,
     ) -> None:
-        """`listener_config` replaces `allow_anonymous true` (e.g. TLS and a password file);
-        without `persistent`, nothing is written to disk (benchmarks queue 100,000s);
-        `settings` replaces the repo's value of each named option (or adds the option)."""
+        """`listener_config` replaces the repo's login lines (e.g. TLS and a password file), by
+        default with `allow_anonymous true`; `password_file` keeps the repo's login lines as they
+        are, reading users from that file; without `persistent`, nothing is written to disk
+        (benchmarks queue 100,000s); `settings` replaces the repo's value of each named option
+        (or adds the option)."""
         super().__init__(workdir)
         config = REPO_MOSQUITTO_CONF.read_text()
+        if REPO_LOGIN not in config:
+            raise ValueError(f"{REPO_MOSQUITTO_CONF} no longer has the lines {REPO_LOGIN!r}")
         if not persistent:
             config = config.replace("persistence true", "persistence false")
-        if listener_config:
-            config = config.replace("allow_anonymous true", listener_config)
+        if password_file is not None:
+            config = config.replace(REPO_USERS_FILE, str(password_file))
+        else:
+            config = config.replace(REPO_LOGIN, listener_config or "allow_anonymous true")
         config = config.replace("listener 1883", f"listener {self.port} 127.0.0.1")
         config = config.replace("/mosquitto/data/", f"{self.workdir}/")
         for option, value in (settings or {}).items():
