@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ from rich.console import Console
 from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason, count_letter
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.settings import get_settings
+from taskhub.telemetry import deadletter_log
 from taskhub.telemetry.beats import BridgeBeat, WorkerBeat, record_beat
 from taskhub.terminal import json_view, visible
 
@@ -224,6 +226,24 @@ def test_status_prints_controls_from_beats_and_counts_escaped_never_raw(
         shown = taskhub("status", columns=columns, mode=mode)
         assert raw_controls(shown, mode) == "", f"status at {columns} columns"
     assert SGR.sub("", shown).count(EVIL_SHOWN) >= 6
+
+
+def test_a_dead_letter_log_line_escapes_controls(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh limiter: earlier tests in this process may have used this window's lines.
+    monkeypatch.setattr(
+        deadletter_log, "_letters", deadletter_log.RateLimitedLog(deadletter_log.log)
+    )
+    task = FailedTask(name=EVIL, task_id=EVIL, queue="q", args=[], kwargs={})
+    with caplog.at_level(logging.WARNING, logger="taskhub.deadletters"):
+        deadletter_log.log_dead_letter(DeadLetter(Reason.UNKNOWN_TASK, EVIL, task=task), "1-0")
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert raw_controls(line, PLAIN) == ""
+    assert (
+        line
+        == f"dead-lettered as unknown_task: task {EVIL_SHOWN}[{EVIL_SHOWN}] entry 1-0: {EVIL_SHOWN}"
+    )
 
 
 # 80 columns.
