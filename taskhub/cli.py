@@ -9,18 +9,29 @@ import time
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from taskhub import deadletter_commands, status_command
+from taskhub.fitted_table import Field, FittedTable
 from taskhub.redaction import redact_document, redact_logs
 from taskhub.settings import Settings, settings_or_exit
+from taskhub.terminal import visible
+
+ROUTE_FIELDS = (
+    Field("topic pattern", key=True),
+    Field("task"),
+    Field("queue"),
+    Field("payload"),
+    Field("qos", number=True),
+    Field("key"),
+)
 
 
 def _routes(settings: Settings) -> int:
     from taskhub.celery import checked_routes
 
     routes = checked_routes(settings)
-    table = Table("topic pattern", "task", "queue", "payload", "qos", "key", title="routes")
+    table = FittedTable("routes", ROUTE_FIELDS)
     for route in routes:
         table.add_row(
             route.pattern.text,
@@ -33,7 +44,9 @@ def _routes(settings: Settings) -> int:
     console = Console()
     console.print(table)
     filters = ", ".join(f"{f} (QoS {q})" for f, q in routes.subscriptions(settings.mqtt.qos))
-    console.print(f"the bridge subscribes: {filters}; unmatched topics there are dead letters")
+    console.print(
+        Text(f"the bridge subscribes: {visible(filters)}; unmatched topics there are dead letters")
+    )
     return 0
 
 

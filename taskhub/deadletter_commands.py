@@ -10,16 +10,38 @@ from itertools import islice
 
 import redis
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from taskhub.deadletters import DeadLetter, DeadLetterStore, LetterFilter, Reason
+from taskhub.fitted_table import Field, FittedTable
 from taskhub.settings import Settings
+from taskhub.terminal import json_view, safe_text, visible
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_LAYOUT_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
+PREVIEW_CHARS = 60
+"""A payload's preview in `deadletter list`; `show` has all of it."""
+DETAIL_CHARS = 160
+"""A letter's detail in `deadletter list`."""
+LIST_FIELDS = (
+    Field("id", key=True),
+    Field("received (UTC)", key=True),
+    Field("reason", key=True),
+    Field("topic / task", fold=True),
+    Field("detail", fold=True),
+    Field("payload", fold=True),
+)
+REPLAY_FIELDS = (
+    Field("id", key=True),
+    Field("outcome", key=True),
+    Field("task / reason", key=True),
+    Field("detail", fold=True),
+)
 
 
 def moment(text: str) -> datetime:
@@ -107,16 +129,24 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return _replay(console, settings, store, which, args.dry_run)
         return _purge(console, store, which, args.yes)
     except redis.RedisError as error:
-        raise SystemExit(f"taskhub: dead-letter store unreachable: {error}") from None
+        raise SystemExit(f"taskhub: dead-letter store unreachable: {visible(str(error))}") from None
 
 
-def _preview(letter: DeadLetter, width: int = 60) -> str:
+def _one_line(text: str) -> str:
+    """`text` for a cell: layout whitespace made single spaces, every other control escaped."""
+    return visible(_LAYOUT_WHITESPACE.sub(" ", text).strip())
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _preview(letter: DeadLetter) -> str:
     if letter.task is not None:
         text = f"{letter.task.name}({json.dumps(letter.task.args)[1:-1]})"
     else:
         text = letter.payload.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return _cut(_one_line(text), PREVIEW_CHARS)  # cut once escaped: the width holds
 
 
 def _list(
@@ -127,20 +157,15 @@ def _list(
         for letter in letters:
             print(json.dumps({"id": letter.id, **letter.to_fields()}))
         return 0
-    table = Table(title=f"dead letters in {store.key} (newest first)")
-    for column in ("id", "received (UTC)", "reason"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("topic / task", overflow="fold", ratio=2)
-    table.add_column("detail", overflow="fold", ratio=3)
-    table.add_column("payload", overflow="fold", ratio=3)
+    table = FittedTable(f"dead letters in {store.key} (newest first)", LIST_FIELDS)
     for letter in letters:
         table.add_row(
             letter.id,
             letter.received_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
             letter.reason.value,
-            escape(letter.topic or (letter.task.name if letter.task else "")),
-            escape(letter.detail[:160]),
-            escape(_preview(letter)),
+            _one_line(letter.topic or (letter.task.name if letter.task else "")),
+            _cut(_one_line(letter.detail), DETAIL_CHARS),
+            _preview(letter),
         )
     console.print(table)
     console.print(f"{len(letters)} shown of {len(store)} stored")
@@ -150,7 +175,7 @@ def _list(
 def _show(console: Console, store: DeadLetterStore, entry_id: str) -> int:
     letter = store.get(entry_id)
     if letter is None:
-        raise SystemExit(f"taskhub: no dead letter {entry_id} in {store.key}")
+        raise SystemExit(f"taskhub: no dead letter {visible(entry_id)} in {store.key}")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -174,33 +199,32 @@ def _show(console: Console, store: DeadLetterStore, entry_id: str) -> int:
             ("exception", letter.task.exception),
         ]
     for name, value in rows:
-        table.add_row(name, escape(value))
-    console.print(Panel(table, title=f"dead letter {letter.id}"))
+        table.add_row(name, safe_text(value, keep_lines=name == "detail"))
+    console.print(Panel(table, title=Text(f"dead letter {letter.id}")))
     if letter.properties:
-        console.print(
-            Panel(Syntax(json.dumps(letter.properties, indent=2), "json"), title="properties")
-        )
+        console.print(Panel(Syntax(json_view(letter.properties), "json"), title="properties"))
     if letter.task is not None:
         call = {"args": letter.task.args, "kwargs": letter.task.kwargs}
-        console.print(Panel(Syntax(json.dumps(call, indent=2), "json"), title="arguments"))
+        console.print(Panel(Syntax(json_view(call), "json"), title="arguments"))
     if letter.payload:
         console.print(
             Panel(_payload_view(letter.payload), title=f"payload ({len(letter.payload)} bytes)")
         )
     if letter.task is not None and letter.task.traceback:
-        console.print(Panel(escape(letter.task.traceback.rstrip()), title="traceback"))
+        traceback = safe_text(letter.task.traceback.rstrip(), keep_lines=True)
+        console.print(Panel(traceback, title="traceback"))
     return 0
 
 
-def _payload_view(payload: bytes) -> Syntax | str:
+def _payload_view(payload: bytes) -> Syntax | Text:
     try:
-        return Syntax(json.dumps(json.loads(payload), indent=2, ensure_ascii=False), "json")
+        return Syntax(json_view(json.loads(payload)), "json")
     except (ValueError, RecursionError):
         pass
     try:
-        return escape(payload.decode("utf-8"))
+        return safe_text(payload.decode("utf-8"), keep_lines=True)
     except UnicodeDecodeError:
-        return f"(not UTF-8; {len(payload)} bytes) {payload[:400].hex(' ')}"
+        return Text(f"(not UTF-8; {len(payload)} bytes) {payload[:400].hex(' ')}")
 
 
 def _replay(
@@ -215,13 +239,11 @@ def _replay(
 
     replayer = Replayer.for_routes(store, checked_routes(settings), settings)
     report = replayer.replay(store.scan(which, newest_first=False), dry_run=dry_run)
-    table = Table(title="replay (dry run: nothing changed)" if dry_run else "replay")
-    for column in ("id", "outcome", "task / reason", "detail"):
-        table.add_column(column, overflow="fold")
+    table = FittedTable("replay (dry run: nothing changed)" if dry_run else "replay", REPLAY_FIELDS)
     for letter, call in report.replayed:
         table.add_row(letter.id, "enqueued", call.task, f"task id {call.task_id} on {call.queue}")
     for letter, still, detail in report.refused:
-        table.add_row(letter.id, "still refused", still.value, escape(detail))
+        table.add_row(letter.id, "still refused", still.value, _one_line(detail))
     for letter, why in report.skipped:
         table.add_row(letter.id, "skipped", letter.reason.value, why)
     console.print(table)

@@ -13,18 +13,52 @@ import time
 import redis
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
+from taskhub.fitted_table import Field, FittedTable
 from taskhub.routes import routes_or_exit
 from taskhub.settings import Settings
 from taskhub.telemetry import snapshot
 from taskhub.telemetry.beats import age
 from taskhub.telemetry.snapshot import Snapshot
+from taskhub.terminal import visible
 
 FIRST_RATE_SAMPLE_SECONDS = 1.0
 """A single `taskhub status` reads twice, this far apart, to give each queue's in rate."""
 EXIT_STALLED = 1
+
+QUEUE_FIELDS = (
+    Field("queue", key=True),
+    *(
+        Field(name, number=True)
+        for name in ("depth", "waiting", "unacked", "oldest", "in/s", "out/s", "consumers")
+    ),
+)
+BRIDGE_FIELDS = (
+    Field("bridge", key=True),
+    Field("host", key=True),
+    Field("connected"),
+    Field("in flight", number=True),
+    Field("held", number=True),
+    Field("paused"),
+    Field("spool", number=True),
+    Field("seen", number=True),
+)
+WORKER_FIELDS = (
+    Field("worker", key=True),
+    Field("pool"),
+    Field("size (min-max)"),
+    Field("active", number=True),
+    Field("queues"),
+    Field("ready"),
+    Field("progress", number=True),
+    Field("seen", number=True),
+)
+LETTER_FIELDS = (
+    Field("dead letters by reason", key=True),
+    Field("last hour", number=True),
+    Field("total", number=True),
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,7 +140,7 @@ def _verdict(reading: Snapshot, max_age: float | None) -> int:
     stalled = reading.stalled(max_age)
     for queue in stalled:  # on stderr: with --json, stdout holds JSON only
         print(
-            f"status: queue {queue.state.name}: oldest task waited "
+            f"status: queue {visible(queue.state.name)}: oldest task waited "
             f"{queue.state.oldest_age:.0f}s (> {max_age:g}s) and no ready worker consumes it",
             file=sys.stderr,
         )
@@ -115,17 +149,14 @@ def _verdict(reading: Snapshot, max_age: float | None) -> int:
 
 def _tables(reading: Snapshot) -> Group:
     now = reading.taken_at
-    queues = Table(
-        "queue", "depth", "waiting", "unacked", "oldest", "in/s", "out/s", "consumers",
-        title="queues",
-    )  # fmt: skip
+    queues = FittedTable("queues", QUEUE_FIELDS)
     for q in reading.queues:
         state = q.state
         oldest = Text(_seconds(state.oldest_age))
         if state.oldest_age > 0 and not state.consumers:
             oldest.stylize("bold red")
         queues.add_row(
-            Text(state.name),
+            state.name,
             str(state.depth),
             str(state.waiting),
             str(state.unacked),
@@ -134,44 +165,38 @@ def _tables(reading: Snapshot) -> Group:
             f"{q.out_rate:.1f}",
             str(state.consumers),
         )
-    bridges = Table(
-        "bridge", "host", "connected", "in flight", "held", "paused", "spool", "seen",
-        title="bridges",
-    )  # fmt: skip
+    bridges = FittedTable("bridges", BRIDGE_FIELDS)
     for b in reading.bridges:
         bridges.add_row(
-            Text(b.client_id),
-            Text(f"{b.hostname}:{b.pid}"),
+            b.client_id,
+            f"{b.hostname}:{b.pid}",
             _yes_no(b.connected and b.subscribed),
             str(b.in_flight),
             str(b.held),
-            Text(b.paused or ("leaving" if b.leaving else "-")),
+            b.paused or ("leaving" if b.leaving else "-"),
             str(b.spool_depth),
             f"{age(b, now):.0f}s ago",
         )
-    workers = Table(
-        "worker", "pool", "size (min-max)", "active", "queues", "ready", "progress", "seen",
-        title="workers",
-    )  # fmt: skip
+    workers = FittedTable("workers", WORKER_FIELDS)
     for w in reading.workers:
         workers.add_row(
-            Text(f"{w.hostname} ({w.pid})"),
-            Text(w.pool),
+            f"{w.hostname} ({w.pid})",
+            w.pool,
             f"{w.pool_current} ({w.pool_min}-{w.pool_max})",
             str(w.active),
-            Text(",".join(w.queues)),
+            ",".join(w.queues),
             _yes_no(w.ready),
             f"{w.progress_age:.0f}s ago",
             f"{age(w, now):.0f}s ago",
         )
-    letters = Table("dead letters by reason", "last hour", "total", title="dead letters")
+    letters = FittedTable("dead letters", LETTER_FIELDS)
     for reason in sorted(reading.letters_total):
         letters.add_row(
-            Text(reason),
+            reason,
             str(reading.letters_last_hour.get(reason, 0)),
             str(reading.letters_total[reason]),
         )
-    parts: list[Table | Text] = [queues]
+    parts: list[FittedTable | Text] = [queues]
     parts.append(bridges if reading.bridges else Text("bridges: none recorded a beat"))
     parts.append(workers if reading.workers else Text("workers: none recorded a beat"))
     parts.append(letters if reading.letters_total else Text("dead letters: none"))

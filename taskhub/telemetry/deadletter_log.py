@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from taskhub.deadletters import DeadLetter
 from taskhub.redaction import redact
+from taskhub.terminal import visible
 
 log = logging.getLogger("taskhub.deadletters")
 
@@ -76,7 +77,9 @@ def log_dead_letter(letter: DeadLetter, entry_id: str = "") -> None:
     task = letter.task
     source = f"task {task.name}[{task.task_id}]" if task is not None else f"topic {letter.topic!r}"
     where = f" entry {entry_id}" if entry_id else ""
-    detail = redact(letter.detail)[:DETAIL_MAX_CHARS]
+    # Both quote what came from outside: its control characters must not reach a terminal.
+    detail = visible(redact(letter.detail)[:DETAIL_MAX_CHARS])
+    source = visible(source)
     _letters.warning("dead-lettered as %s: %s%s: %s", letter.reason.value, source, where, detail)
 
 
