@@ -92,13 +92,13 @@ def _standin(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _feed(settings: Settings, args: argparse.Namespace) -> int:
-    from taskhub.demo.feed import DEFAULT_TOPIC, DEFAULT_ZIPF, checkin_tweets, publish
+    from taskhub.demo.feed import DEFAULT_TOPIC, DEFAULT_ZIPF, checkin_tweets, run_feed
 
-    if args.venues < 0 or (args.zipf is not None and args.zipf < 0):
-        raise SystemExit("taskhub feed: --venues and --zipf must not be negative")
+    if args.rate < 0 or args.venues < 0 or (args.zipf is not None and args.zipf < 0):
+        raise SystemExit("taskhub feed: --rate, --venues and --zipf must not be negative")
     id_base = args.id_base if args.id_base is not None else int(time.time() * 1000) * 100_000
     topic = settings.topic_prefix + (args.topic or DEFAULT_TOPIC)
-    acked = publish(
+    outcome = run_feed(
         settings.mqtt,
         checkin_tweets(
             args.count,
@@ -112,8 +112,13 @@ def _feed(settings: Settings, args: argparse.Namespace) -> int:
         total=args.count,
         qos=args.qos,
         show_progress=not args.quiet,
+        stop_on_signals=True,
     )
-    print(f"feed: published={acked} first_id={id_base}", file=sys.stderr)
+    print(
+        f"feed: published={outcome.published} unacknowledged={outcome.unacknowledged} "
+        f"first_id={id_base}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,14 +1,15 @@
-"""A feed of realistic synthetic check-in tweets, published to MQTT at a chosen rate and count."""
+"""A feed of realistic synthetic check-in tweets, published to MQTT at a chosen rate and count;
+broker outages pause it, never end it."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import random
+import signal
 import string
-import threading
-import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -16,12 +17,20 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from taskhub.demo.broker_link import BrokerLink
+from taskhub.demo.pacing import Pacer
 from taskhub.demo.venues import venue_for_code
-from taskhub.mqtt import connect_arguments, new_client, reason_text
+from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
 
 DEFAULT_TOPIC = "checkins/{city}/tweets"
 MAX_UNACKED = 1000
+"""Most messages awaiting the broker's acknowledgement: the feed waits past it, so a hung broker
+holds at most this many, and they are the most a reconnect sends again at once."""
+STOP_GRACE_SECONDS = 2.0
+"""On SIGINT or SIGTERM, how long the feed still waits for acknowledgements on their way: well
+inside the 5 s honcho gives a process before SIGKILL."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_ZIPF = 1.1
 """With a fixed set of venues, the venue of popularity rank r is drawn with weight 1/r^1.1."""
 _CODE_LENGTH = 7
@@ -99,6 +108,15 @@ def _venue_codes(rng: random.Random, venues: int) -> list[str]:
     return list(codes)
 
 
+@dataclass(frozen=True, slots=True)
+class FeedOutcome:
+    published: int
+    """Messages the broker acknowledged (QoS 0: messages handed over)."""
+    unacknowledged: int
+    """Messages sent that the broker had not acknowledged when the feed stopped (QoS 0: dropped
+    while the broker was down)."""
+
+
 def publish(
     settings: MqttSettings,
     messages: Iterable[Publishable],
@@ -110,70 +128,81 @@ def publish(
 ) -> int:
     """Publish `messages` at `rate` per second (0: as fast as the broker takes them).
 
-    Returns how many the broker acknowledged; waits for every QoS 1 ack before returning.
+    Returns how many the broker acknowledged: all of them, as it waits through outages.
     """
-    client = new_client(settings, f"taskhub-feed-{random.getrandbits(32):08x}", persistent=False)
-    client.max_inflight_messages_set(MAX_UNACKED)
-    connected = threading.Event()
-
-    def on_connect(
-        client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if not reason.is_failure:
-            connected.set()
-
-    client.on_connect = on_connect
-    client.connect_async(**connect_arguments(settings, persistent=False))
-    client.loop_start()
-    try:
-        if not connected.wait(timeout=settings.keepalive):
-            raise SystemExit(
-                f"taskhub feed: cannot connect to MQTT at {settings.host}:{settings.port}"
-            )
-        return _publish_paced(client, messages, rate=rate, total=total, qos=qos, show=show_progress)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    outcome = run_feed(
+        settings, messages, rate=rate, total=total, qos=qos, show_progress=show_progress
+    )
+    return outcome.published
 
 
-def _publish_paced(
-    client: mqtt.Client,
+def run_feed(
+    settings: MqttSettings,
     messages: Iterable[Publishable],
     *,
     rate: float,
     total: int,
-    qos: int,
+    qos: int = 1,
+    show_progress: bool = True,
+    stop_on_signals: bool = False,
+) -> FeedOutcome:
+    """Publish `messages` at `rate` per second (0: unpaced) until they run out or it is stopped.
+
+    A broker outage never ends the feed: it waits for paho's reconnect (retrying as long as it
+    takes, from the first connect on), reports the loss and the return on stderr, and the broker
+    gets again what it had not acknowledged (broker_link.py), so with QoS 1 or 2 every message
+    is acknowledged at least once before this returns. With `stop_on_signals`, SIGINT and SIGTERM
+    stop the feed: it waits STOP_GRACE_SECONDS for the acknowledgements on their way and returns
+    what it has, the rest counted as unacknowledged.
+    """
+    link = BrokerLink(f"{settings.host}:{settings.port}", qos=qos)
+    client = new_client(settings, f"taskhub-feed-{random.getrandbits(32):08x}", persistent=False)
+    client.max_inflight_messages_set(MAX_UNACKED)
+    link.attach(client)
+    with _stopped_by_signals(link) if stop_on_signals else nullcontext():
+        client.connect_async(**connect_arguments(settings, persistent=False))
+        client.loop_start()
+        try:
+            _publish_paced(client, link, messages, rate=rate, total=total, show=show_progress)
+            if link.stopping:
+                link.linger(STOP_GRACE_SECONDS)
+        finally:
+            link.close()
+            client.disconnect()
+            client.loop_stop()
+    return FeedOutcome(link.acknowledged, link.unacknowledged)
+
+
+@contextmanager
+def _stopped_by_signals(link: BrokerLink) -> Iterator[None]:
+    """SIGINT and SIGTERM stop `link` instead of the process, until the block ends. Python runs
+    signal handlers in the main thread only, so this is for the command, not a library caller."""
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda *args: link.stop())
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _publish_paced(
+    client: mqtt.Client,
+    link: BrokerLink,
+    messages: Iterable[Publishable],
+    *,
+    rate: float,
+    total: int,
     show: bool,
-) -> int:
-    pending: list[mqtt.MQTTMessageInfo] = []
-    acknowledged = 0
-    started = time.monotonic()
+) -> None:
+    pacer = Pacer(rate)
     columns = (TextColumn("feed"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show) as progress:
         bar = progress.add_task("publish", total=total or None)
         for sent, message in enumerate(messages, start=1):
-            if rate:
-                delay = started + sent / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            info = client.publish(message.topic, message.payload, qos=qos)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise SystemExit(f"taskhub feed: publish failed: {reason_text(info.rc)}")
-            pending.append(info)
-            if len(pending) >= MAX_UNACKED:
-                acknowledged += _wait_all(pending)
+            if not link.wait_ready(MAX_UNACKED) or not link.pause(pacer.delay()):
+                return
+            link.publish(client, message.topic, message.payload)
             progress.update(bar, completed=sent)
-        acknowledged += _wait_all(pending)
-    return acknowledged
-
-
-def _wait_all(pending: list[mqtt.MQTTMessageInfo], timeout: float = 60.0) -> int:
-    """Wait for the broker to ack every message in `pending`; empty it and return how many."""
-    deadline = time.monotonic() + timeout
-    for info in pending:
-        info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
-        if not info.is_published():
-            raise SystemExit("taskhub feed: the broker did not acknowledge a message within 60s")
-    count = len(pending)
-    pending.clear()
-    return count
+        link.wait_settled()

@@ -176,6 +176,18 @@ class MosquittoServer(_Server):
         """Where persistence writes its snapshot of sessions and queued messages."""
         return self.workdir / "mosquitto.db"
 
+    def save_database(self) -> None:
+        """Make Mosquitto write its snapshot now (SIGUSR1) and wait until it has: its sessions
+        and subscriptions then survive a SIGKILL."""
+        before = self.database.stat().st_mtime_ns if self.database.exists() else 0
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGUSR1)
+        wait_for(
+            lambda: self.database.exists() and self.database.stat().st_mtime_ns != before,
+            START_TIMEOUT,
+            "Mosquitto to save its database",
+        )
+
     def argv(self) -> list[str]:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         return [binary, "-c", str(self.workdir / "mosquitto.conf")]
