@@ -116,6 +116,7 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
     def _grow(self, n: int) -> None:
         log.info("autoscale: pool %d -> %d", self.processes, self.processes + n)
         self.pool.grow(n)
+        self._sized()
         self._prefetch_by(n)
 
     def _shrink(self, n: int) -> None:
@@ -124,7 +125,14 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
             self.pool.shrink(n)
         except ValueError:  # prefork: every process busy after all; try again next tick
             return
+        self._sized()
         self._prefetch_by(-n)
+
+    def _sized(self) -> None:
+        # `inspect stats` shows the pool's `limit` as `max-concurrency`. A gevent pool's resizes
+        # move it; a prefork pool's leave it at the size it started with (MIN), so it read 2
+        # beside `autoscaler.current` 8. Only stats and a pool's first start read it.
+        self.pool.limit = self.processes
 
     def _prefetch_by(self, n: int) -> None:
         consumer = self.worker.consumer

@@ -10,17 +10,22 @@ application from `flower.urls.handlers`, so swapping entries in that list is eno
   `broker_transport` makes that scheme `taskhub.transport:Transport`: the Broker page and
   `/api/queues/length` answered 404 "broker is not supported". They also listed only the queues
   the running workers consume. Here both read `taskhub.telemetry.queues` for every route queue.
+- `/api/workers` answered from a cache that Flower fills once at its start and then only on
+  `?refresh=1` (mher/flower#1139): `{}` for workers started after Flower. Here it inspects the
+  workers first whenever that cache is empty or lacks a worker Flower's events show alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from flower.api.tasks import GetQueueLengths
+from flower.api.workers import ListWorkers
 from flower.views import BaseHandler
 from flower.views.broker import BrokerView
 from flower.views.monitor import Healthcheck, Metrics
@@ -106,11 +111,49 @@ class RouteQueueLengths(RouteQueuesMixin, GetQueueLengths):  # type: ignore[misc
     """Flower's `/api/queues/length`, for every route queue."""
 
 
+class CurrentListWorkers(ListWorkers):  # type: ignore[misc]
+    """Flower's `/api/workers`, which inspects the workers before it answers from a cache that
+    does not know them all; an answer from a complete cache costs no broadcast."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        if self._cache_lacks_workers():
+            try:
+                await self._inspect(self.get_argument("workername", default=None))
+            except Exception as error:  # answered as Flower answers a failed `?refresh=1`
+                raise web.HTTPError(503, f"Failed to update workers: {error}") from None
+        await super().get()
+
+    async def _inspect(self, workername: str | None) -> None:
+        started = time.monotonic()
+        await self.application.update_workers(workername=workername)
+        took = time.monotonic() - started
+        if self._cache_lacks_workers() and took < self.application.inspector.timeout:
+            # Flower joins a request to an inspection already under way (its own at start, say),
+            # which may have gone out before the worker listened. A fresh one waits the whole
+            # timeout for replies, so one that ended sooner was that: ask once more.
+            await self.application.update_workers(workername=workername)
+
+    def _cache_lacks_workers(self) -> bool:
+        if self.get_argument("status", default=False, type=bool):
+            return False  # answered from Flower's events, not from the cache
+        if self.get_argument("refresh", default=False, type=bool):
+            return False  # Flower refreshes it anyway
+        cached = self.application.workers
+        named = self.get_argument("workername", default=None)
+        if named is not None:
+            return named not in cached
+        events = self.application.events.state.workers
+        alive = {name for name, worker in events.items() if worker.alive}
+        return not cached or not alive <= set(cached)
+
+
 REPLACED: dict[type, type | None] = {
     Metrics: None,
     Healthcheck: AuthenticatedHealthcheck,
     BrokerView: RouteQueuesBrokerView,
     GetQueueLengths: RouteQueueLengths,
+    ListWorkers: CurrentListWorkers,
 }
 """Flower's handler -> taskhub's, or None to drop the route (its path then answers 404)."""
 

@@ -1,6 +1,7 @@
 """The payload models: what a message on each route must look like once decoded.
 
 Shared by the bridge (validate at the edge) and the tasks (trust, but re-check `.delay()` input).
+A payload a task refuses is an `InvalidPayload`, in words (taskhub/task_payload.py).
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 SHORT_LINK = re.compile(r"(?:https?://)?4sq\.com/([A-Za-z0-9]{4,16})\b")
 """A foursquare short link inside tweet text; group 1 is the short code."""
+
+MAX_PROBLEMS_NAMED = 5
+"""An InvalidPayload names this many of a payload's problems and counts the rest."""
 
 TweetId = Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
 
@@ -21,6 +26,32 @@ class Payload(BaseModel):
     """Base of every payload model: unknown fields are kept, types are checked."""
 
     model_config = ConfigDict(extra="allow", frozen=True, str_max_length=100_000)
+
+
+class InvalidPayload(ValueError):
+    """A task's payload does not satisfy the task's model. One line: the task, then each field
+    with its reason, e.g. `tasks.checkins.resolve_checkin: tweet.text: text carries no ...`.
+
+    Its only argument is that line, so Celery's JSON result backend rebuilds it for `.get()` in
+    the caller (it stores a failure as type, module and args; pydantic's ValidationError cannot be
+    rebuilt from its args and reached callers as `Exception(...ValidationError([]))`). This module
+    is imported wherever the Celery app is, which the rebuild needs.
+    """
+
+    @classmethod
+    def of(cls, task: str, argument: str, error: ValidationError) -> InvalidPayload:
+        problems = error.errors(include_url=False, include_input=False)
+        named = "; ".join(_problem(argument, problem) for problem in problems[:MAX_PROBLEMS_NAMED])
+        more = len(problems) - MAX_PROBLEMS_NAMED
+        return cls(f"{task}: {named}" + (f" (+{more} more)" if more > 0 else ""))
+
+
+def _problem(argument: str, problem: ErrorDetails) -> str:
+    where = ".".join([argument, *(str(part) for part in problem["loc"])])
+    # A validator's own ValueError says it best; pydantic prefixes its message with "Value error, ".
+    raised = problem.get("ctx", {}).get("error")
+    reason = str(raised) if isinstance(raised, Exception) else problem["msg"]
+    return f"{where}: {' '.join(reason.split())}"
 
 
 class TweetUser(Payload):

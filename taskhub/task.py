@@ -1,5 +1,6 @@
-"""The base of every taskhub task: a soft time limit that holds in a gevent worker, a task killed
-by a stopping gevent worker given back, deferral, and a cap on the workers one task may kill.
+"""The base of every taskhub task: its payload checked at call time and in the worker, a soft time
+limit that holds in a gevent worker, a task killed by a stopping gevent worker given back,
+deferral, and a cap on the workers one task may kill.
 
 Celery enforces `soft_time_limit` with a signal in prefork children only; in a gevent pool it is
 silently ignored. Here a gevent.Timeout raises the same SoftTimeLimitExceeded in the task's own
@@ -8,6 +9,7 @@ greenlet, at its next wait for I/O, which is where I/O-bound tasks spend their t
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -17,6 +19,8 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.worker import state as worker_state
 
 from taskhub.deferral import Deferred, defer, not_before
+from taskhub.payloads import InvalidPayload, Payload
+from taskhub.task_payload import check_payload, payload_argument
 from taskhub.worker import is_green
 from taskhub.worker_losses import counted_run
 
@@ -25,11 +29,35 @@ EARLY_WAKE_TOLERANCE = 0.5
 
 
 class Task(celery.Task):  # type: ignore[misc]
-    """Runs the task under its own soft time limit in gevent workers, puts it off again when it
+    """Refuses a payload its `payload_model` does not accept, in words (taskhub/task_payload.py),
+    runs the task under its own soft time limit in gevent workers, puts it off again when it
     woke up before its time, turns `Deferred` into a deferral that spends no retry, and
     dead-letters a task whose runs keep killing their worker (taskhub/worker_losses.py)."""
 
+    payload_model: type[Payload] | None = None
+    """The model the task's first argument must satisfy; set it in the decorator."""
+    # The caller's mistake, not the worker's: Celery logs it in one line, without a traceback.
+    throws = (InvalidPayload,)
+
+    @functools.cached_property
+    def _payload_argument(self) -> str | None:
+        return payload_argument(self)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
+        """Refuse a bad payload here, in the caller, before anything is sent. The bridge builds
+        its messages itself (bridge/messages.py) and never comes through here."""
+        check_payload(self, self._payload_argument, args, kwargs)
+        return super().apply_async(args, kwargs, *more, **options)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Outside any retry: a payload that is wrong now is wrong on every run.
+        check_payload(self, self._payload_argument, args, kwargs)
         if self.request.called_directly:
             return self.run(*args, **kwargs)
         due = not_before(self)

@@ -93,6 +93,7 @@ def fetch_venue(venue_id: str, deadline: float) -> dict[str, Any]:
 @app.task(
     bind=True,
     name="tasks.checkins.resolve_checkin",
+    payload_model=CheckinTweet,  # a bad tweet fails in words at .delay() (taskhub/task_payload.py)
     autoretry_for=(UpstreamUnavailable, UpstreamUnreachable),
     retry_backoff=True,
     retry_backoff_max=int(get_settings().tasks.retry_backoff_max),

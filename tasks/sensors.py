@@ -74,7 +74,7 @@ def _stored_reading(raw: bytes | str | None) -> SensorReading | None:
         return None
 
 
-@app.task(bind=True, name="tasks.sensors.record_reading")
+@app.task(bind=True, name="tasks.sensors.record_reading", payload_model=SensorReading)
 def record_reading(
     self: Task, reading: dict[str, Any], device_id: str = "unknown"
 ) -> dict[str, Any]:

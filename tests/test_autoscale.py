@@ -101,3 +101,31 @@ def test_the_backlog_is_the_queues_depth_and_their_oldest_tasks_age(
     depth, age = backlog.read()
     assert depth == 2
     assert 0.2 <= age < 5
+
+
+def _pool_stats(name: str) -> tuple[int, int, int] | None:
+    """The worker's (pool max-concurrency, autoscaler current, pool processes), as
+    `celery inspect stats` shows them; None until it answers."""
+    from taskhub.celery import app
+
+    answers = app.control.inspect(timeout=1).stats() or {}
+    stats = next((v for k, v in answers.items() if k.startswith(name)), None)
+    if stats is None:
+        return None
+    pool = stats["pool"]
+    return pool["max-concurrency"], stats["autoscaler"]["current"], len(pool["processes"])
+
+
+def test_a_grown_prefork_pool_shows_one_size_in_inspect_stats(
+    log_dir: Path, broker_redis: redis.Redis
+) -> None:
+    from tasks.sensors import record_reading
+
+    for seq in range(50):  # a backlog past MAX: the pool grows to MAX with the first task
+        record_reading.delay({"seq": seq, "value": 1.0, "ts": "2026-01-01T00:00:00Z"})
+    worker = start_worker("prefork-stats", log_dir, {}, "-P", "prefork", "--autoscale=3,1")
+    try:
+        wait_for(lambda: (_pool_stats("prefork-stats") or (0, 0))[1] == 3, 30, "a pool of 3")
+        assert _pool_stats("prefork-stats") == (3, 3, 3)
+    finally:
+        worker.kill()

@@ -41,6 +41,7 @@ def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis, ta
         "id": "42",
         "text": "I'm at Café ☕ http://4sq.com/abcd123",
         "user": {"screen_name": "a"},
+        "created_at": "2026-11-22T10:00:00Z",  # apply_async refuses a tweet its task would
     }
     call = TaskCall(
         task=task,

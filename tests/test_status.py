@@ -36,7 +36,7 @@ def enqueue_checkins(count: int) -> None:
     from tasks.checkins import resolve_checkin
 
     for n in range(count):
-        resolve_checkin.apply_async((checkin_tweet(str(880_000 + n), f"St{n}"),))
+        resolve_checkin.apply_async((checkin_tweet(str(880_000 + n), f"Stat{n}"),))
 
 
 def a_ready_worker_on(client: redis.Redis, queue: str) -> None:
