@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+from functools import cached_property
 from typing import Any
 
 import billiard.common
@@ -23,7 +24,16 @@ from taskhub.worker import pool_kind
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
-app = Celery("taskhub", task_cls="taskhub.task:Task")
+
+class App(Celery):  # type: ignore[misc]
+    """Celery, with a worker that stops as taskhub/shutdown.py says."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802  (Celery's name, used by `celery worker`)
+        return self.subclass_with_self("taskhub.shutdown:Worker")
+
+
+app = App("taskhub", task_cls="taskhub.task:Task")
 app.config_from_object("celeryconfig")
 shorten_success_lines()
 
