@@ -73,7 +73,7 @@ def _standin(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _feed(settings: Settings, args: argparse.Namespace) -> int:
-    from taskhub.demo.feed import DEFAULT_TOPIC, DEFAULT_ZIPF, checkin_tweets, publish
+    from taskhub.demo.feed import DEFAULT_TOPIC, DEFAULT_ZIPF, StopSignals, checkin_tweets, publish
 
     if args.venues < 0 or (args.zipf is not None and args.zipf < 0):
         raise SystemExit("taskhub feed: --venues and --zipf must not be negative")
@@ -93,6 +93,7 @@ def _feed(settings: Settings, args: argparse.Namespace) -> int:
         total=args.count,
         qos=args.qos,
         show_progress=not args.quiet,
+        stop=StopSignals().install(),
     )
     print(f"feed: published={acked} first_id={id_base}", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import signal
 import string
 import threading
 import time
@@ -28,6 +29,26 @@ _CODE_LENGTH = 7
 _USERS = ("ana", "bo", "chen", "dita", "emeka", "farah", "gus", "hana", "ivo", "jun", "kemal")
 _PHRASES = ("I'm at", "Lunch at", "Finally at", "Back at", "Coffee break @", "Meeting at")
 _CODE_CHARS = string.ascii_letters + string.digits
+STOP_CHECK_SECONDS = 0.1
+"""Longest a paced feed sleeps before it looks whether it was told to stop."""
+
+
+class StopSignals:
+    """SIGTERM or SIGINT, once `install`ed: the feed sends nothing more, waits for the broker's
+    acks of what it sent, and returns (honcho's stop, Ctrl-C). Killed instead, it would leave
+    QoS 1 messages unacknowledged, and its count unsaid."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> StopSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._receive)
+        return self
+
+    def _receive(self, signum: int, frame: object) -> None:
+        # Only a flag: the feed looks at it between messages, never in the middle of a publish.
+        self.received = signum
 
 
 class Publishable(Protocol):
@@ -107,8 +128,10 @@ def publish(
     total: int,
     qos: int = 1,
     show_progress: bool = True,
+    stop: StopSignals | None = None,
 ) -> int:
-    """Publish `messages` at `rate` per second (0: as fast as the broker takes them).
+    """Publish `messages` at `rate` per second (0: as fast as the broker takes them), or until
+    `stop` receives a signal.
 
     Returns how many the broker acknowledged; waits for every QoS 1 ack before returning.
     """
@@ -130,7 +153,9 @@ def publish(
             raise SystemExit(
                 f"taskhub feed: cannot connect to MQTT at {settings.host}:{settings.port}"
             )
-        return _publish_paced(client, messages, rate=rate, total=total, qos=qos, show=show_progress)
+        return _publish_paced(
+            client, messages, rate=rate, total=total, qos=qos, show=show_progress, stop=stop
+        )
     finally:
         client.disconnect()
         client.loop_stop()
@@ -144,6 +169,7 @@ def _publish_paced(
     total: int,
     qos: int,
     show: bool,
+    stop: StopSignals | None = None,
 ) -> int:
     pending: list[mqtt.MQTTMessageInfo] = []
     acknowledged = 0
@@ -153,9 +179,9 @@ def _publish_paced(
         bar = progress.add_task("publish", total=total or None)
         for sent, message in enumerate(messages, start=1):
             if rate:
-                delay = started + sent / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                _sleep_until(started + sent / rate, stop)
+            if stop is not None and stop.received is not None:
+                break
             info = client.publish(message.topic, message.payload, qos=qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise SystemExit(f"taskhub feed: publish failed: {reason_text(info.rc)}")
@@ -165,6 +191,14 @@ def _publish_paced(
             progress.update(bar, completed=sent)
         acknowledged += _wait_all(pending)
     return acknowledged
+
+
+def _sleep_until(when: float, stop: StopSignals | None) -> None:
+    """Sleep until `when` (time.monotonic()), or until `stop` receives a signal."""
+    while (delay := when - time.monotonic()) > 0:
+        if stop is not None and stop.received is not None:
+            return
+        time.sleep(min(delay, STOP_CHECK_SECONDS))
 
 
 def _wait_all(pending: list[mqtt.MQTTMessageInfo], timeout: float = 60.0) -> int:
