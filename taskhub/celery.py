@@ -17,9 +17,10 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 
 import taskhub.deferral  # connects the publish stamp and the ETA cap
 import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
+from taskhub import debug_lines
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
-from taskhub.task_log import shorten_success_lines
+from taskhub.task_log import shorten_task_lines
 from taskhub.worker import pool_kind
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
@@ -35,7 +36,8 @@ class App(Celery):  # type: ignore[misc]
 
 app = App("taskhub", task_cls="taskhub.task:Task")
 app.config_from_object("celeryconfig")
-shorten_success_lines()
+shorten_task_lines()
+debug_lines.install()
 
 log = logging.getLogger("taskhub.worker")
 
