@@ -57,9 +57,11 @@ worker_prefetch_multiplier = 1
 # Not True: on a lost Redis connection Celery would terminate running tasks, mark them revoked
 # and ack them once Redis is back, so they never run again (found by scripts/chaos).
 worker_cancel_long_running_tasks_on_connection_loss = False
-# SIGTERM (with REMAP_SIGTERM=SIGQUIT) gives running tasks this long, then requeues them.
+# SIGTERM (with REMAP_SIGTERM=SIGQUIT) stops taking tasks, gives running ones up to this long,
+# then requeues the rest (taskhub/shutdown.py). An idle worker does not wait: tasks held for their
+# ETA go back to their queue when the worker closes its channel (tests/test_stop.py).
 worker_soft_shutdown_timeout = _settings.tasks.soft_shutdown_timeout
-worker_enable_soft_shutdown_on_idle = True
+worker_enable_soft_shutdown_on_idle = False
 
 task_soft_time_limit = _settings.tasks.soft_time_limit
 task_time_limit = _settings.tasks.time_limit
@@ -80,5 +82,6 @@ imports = (*_routes.task_modules, "tasks.failures")
 # Sizes the pool from the queues' backlog, prefetch equal to the pool (taskhub/autoscale.py).
 worker_autoscaler = "taskhub.autoscale:BacklogAutoscaler"
 
-# Messages Celery refuses (pickle, unknown task, malformed) are dead-lettered, not only logged.
-worker_consumer = "taskhub.refusals:RecordingConsumer"
+# Messages Celery refuses (pickle, unknown task, malformed) are dead-lettered, not only logged
+# (taskhub/refusals.py); a task reaching a stopping worker goes back unrun (taskhub/shutdown.py).
+worker_consumer = "taskhub.shutdown:StoppingConsumer"

@@ -21,6 +21,7 @@ from celery.worker.autoscale import Autoscaler
 
 from taskhub.routes import WorkerPool
 from taskhub.settings import get_settings
+from taskhub.shutdown import stopping
 from taskhub.telemetry.queues import list_tails, waiting_and_oldest
 from taskhub.worker import LENDING_FACTOR, install_slot_lender, pool_kind
 
@@ -70,7 +71,7 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
         consumer = getattr(self.worker, "consumer", None)
         if consumer is None or getattr(consumer, "qos", None) is None:
             return False  # not consuming yet
-        if state.should_stop is not None or state.should_terminate is not None:
+        if stopping():
             return False  # shutting down: what the queues hold is for other workers
         if not self._prefetch_synced:
             self._sync_prefetch(consumer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+from functools import cached_property
 from typing import Any
 
 import billiard.common
@@ -22,17 +23,31 @@ from celery.signals import (
 
 import taskhub.deferral  # connects the publish stamp and the ETA cap
 import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
+<<<<<<< HEAD
 from taskhub.redaction import redact_logs
+=======
+from taskhub import debug_lines
+>>>>>>> i13-shutdown
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
-from taskhub.task_log import shorten_success_lines
+from taskhub.task_log import shorten_task_lines
 from taskhub.worker import pool_kind
 
 settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
-app = Celery("taskhub", task_cls="taskhub.task:Task")
+
+class App(Celery):  # type: ignore[misc]
+    """Celery, with a worker that stops as taskhub/shutdown.py says."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802  (Celery's name, used by `celery worker`)
+        return self.subclass_with_self("taskhub.shutdown:Worker")
+
+
+app = App("taskhub", task_cls="taskhub.task:Task")
 app.config_from_object("celeryconfig")
-shorten_success_lines()
+shorten_task_lines()
+debug_lines.install()
 
 log = logging.getLogger("taskhub.worker")
 

@@ -19,15 +19,26 @@ from tests.support.servers import MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {"standin", "worker", "bridge", "flower"}
-WORKER_ENV = "env REMAP_SIGTERM=SIGQUIT TASKHUB_TELEMETRY__WORKER_PORT=$PORT "
+WORKER_ENV = (
+    "env REMAP_SIGTERM=SIGQUIT TASKHUB_TASKS__SOFT_SHUTDOWN_TIMEOUT=2 "
+    "TASKHUB_TELEMETRY__WORKER_PORT=$PORT "
+)
 """The Procfile worker's environment: honcho's $PORT differs for each copy of a process type,
-so `-c worker=N` copies never ask for one probe port."""
+so `-c worker=N` copies never ask for one probe port; a 2 s soft shutdown fits honcho's 5 s."""
+EXEC = "exec "
+"""Each Procfile line replaces honcho's shell with its program, which gets honcho's SIGTERM and
+reports its own exit status (README, "Stopping")."""
 WEB_UIS = ("flower", "prometheus", "grafana")
 
 
-def _procfile() -> dict[str, str]:
+def _procfile(*, raw: bool = False) -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip())
+    commands = dict(line.split(": ", 1) for line in lines if line.strip())
+    return commands if raw else {name: c.removeprefix(EXEC) for name, c in commands.items()}
+
+
+def test_every_procfile_process_replaces_honchos_shell() -> None:
+    assert all(command.startswith(EXEC) for command in _procfile(raw=True).values())
 
 
 def _compose() -> dict[str, Any]:

@@ -245,7 +245,7 @@ def test_success_line_drops_the_result_and_a_failure_keeps_it() -> None:
         "celery.app.trace", logging.INFO, "", 0, trace.LOG_SUCCESS, (context,), None
     )
     assert ShortSuccessLine().filter(success)
-    assert success.getMessage() == "Task tasks.x[t1] succeeded in 0.05s"
+    assert success.getMessage() == "Task tasks.x[t1] succeeded in 0.050s"
     failure_context = {**context, "exc": "Boom('venue')", "description": "raised unexpected"}
     failure = logging.LogRecord(
         "celery.app.trace", logging.ERROR, "", 0, trace.LOG_FAILURE, (failure_context,), None

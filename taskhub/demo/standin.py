@@ -47,6 +47,11 @@ ETAG_HEX_CHARS = 16
 VENUE_CACHE_SIZE = 65_536
 """Venue documents kept encoded with their ETag: a benchmark asks for the same ones again."""
 LISTEN_BACKLOG = 1024
+DRAIN_QUIET_SECONDS = 0.5
+"""Told to stop, the stand-in answers on until no request has come or waited this long..."""
+DRAIN_MAX_SECONDS = 3.0
+"""...or for this long at most: an upstream outlives the workers' stop (within honcho's 5 s)."""
+DRAIN_POLL_SECONDS = 0.05
 
 _SHORT = re.compile(r"^/s/([A-Za-z0-9]{4,16})$")
 _VENUE = re.compile(r"^/v2/venues/([A-Za-z0-9]{6,32})$")
@@ -440,6 +445,7 @@ class StandinServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stopping: asyncio.Event | None = None
+        self._draining: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
 
     # What tests and the CLI see.
@@ -506,14 +512,38 @@ class StandinServer:
         self._thread = None
 
     async def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (the CLI)."""
+        """Serve until SIGINT or SIGTERM (the CLI), then until the requests in hand are answered.
+
+        The demo stops everything at once; a stand-in that closed at once failed the tasks the
+        stopping workers were finishing, and their failures opened the hosts' breakers in Redis
+        for the next start. A second signal stops it at once.
+        """
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         loop = asyncio.get_running_loop()
         serving = asyncio.ensure_future(self._serve(ready))
         await asyncio.wrap_future(ready)
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._request_stop)
+            loop.add_signal_handler(signum, self._drain_then_stop)
         await serving
+
+    def _drain_then_stop(self) -> None:
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain())
+        else:
+            self._request_stop()
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + DRAIN_MAX_SECONDS
+        seen, quiet_since = self.requests_served, time.monotonic()
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            waiting = any(stats.in_flight for stats in self._stats.values())
+            if waiting or self.requests_served != seen:
+                seen, quiet_since = self.requests_served, now
+            elif now - quiet_since >= DRAIN_QUIET_SECONDS:
+                break
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        self._request_stop()
 
     # The loop's side.
 
