@@ -23,11 +23,8 @@ from celery.signals import (
 
 import taskhub.deferral  # connects the publish stamp and the ETA cap
 import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
-<<<<<<< HEAD
-from taskhub.redaction import redact_logs
-=======
 from taskhub import debug_lines
->>>>>>> i13-shutdown
+from taskhub.redaction import redact_logs
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
 from taskhub.task_log import shorten_task_lines
