@@ -489,6 +489,9 @@ def test_a_hold_retries_after_the_backoff_and_the_backoff_resets_on_success() ->
 def test_messages_read_on_a_lost_connection_are_dropped_and_delivered_once_redelivered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Stale: read on a connection that has ended. An ack on a later connection would not count
+    (packet ids belong to their connection) and the broker sends the message again anyway, so
+    delivering the stale copy too would only make a duplicate."""
     rig = make_rig(batch_linger_ms=1000)
     rig.send(1, 2, 3)
     rig.turn()  # taken, lingering

@@ -263,6 +263,24 @@ def test_a_spool_read_failure_during_replay_waits_then_recovers(
     assert "the spool memory.spool takes writes again" in caplog.messages
 
 
+def test_a_chunk_the_spool_cannot_forget_after_replay_is_replayed_again_as_duplicates() -> None:
+    clock = FakeClock()
+    delivery, writer, spool = make_delivery(clock)
+    writer.down = True
+    delivery.deliver(tasks(1, 2))
+    writer.down = False
+    clock.advance(0.2)
+    spool.fail_next_remove = 1
+    delivery.replay()
+    assert numbers(writer.queues[QUEUE]) == [1, 2]
+    assert len(spool) == 2
+    clock.advance(0.2)
+    delivery.replay()
+    assert numbers(writer.queues[QUEUE]) == [1, 2, 1, 2]
+    assert writer.repeated == 2, "the ledger would not see the second copies"
+    assert len(spool) == 0
+
+
 def test_a_batch_of_enough_bytes_has_redis_memory_read_before_the_interval() -> None:
     clock = FakeClock()
     delivery, writer, _ = make_delivery(clock)

@@ -1,6 +1,6 @@
 """The spool in memory, bounded and ordered as `bridge.spool.Spool` is, with a disk that can be
 made to refuse reads or writes (`broken`) or only the next ones (`fail_next_append`,
-`fail_next_read`)."""
+`fail_next_read`, `fail_next_remove`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class MemorySpool:
         self.broken = False
         self.fail_next_append = 0
         self.fail_next_read = 0
+        self.fail_next_remove = 0
         self.closed = False
         self._seq = 0
 
@@ -47,6 +48,9 @@ class MemorySpool:
         return rows[-1][0], [item for _, item in rows]
 
     def remove_through(self, seq: int) -> None:
+        if self.fail_next_remove:
+            self.fail_next_remove -= 1
+            raise SpoolFailed(f"reading the spool {self.path} failed: disk I/O error")
         self.rows = [(n, item) for n, item in self.rows if n > seq]
 
     def close(self) -> None:
