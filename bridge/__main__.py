@@ -7,13 +7,15 @@ import signal
 import sys
 from types import FrameType
 
+import redis
+
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
-from bridge.publisher import RedisPublisher
+from bridge.publisher import CONNECT_TIMEOUT, SOCKET_TIMEOUT, RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
 from bridge.service import Bridge, client_id_taken
 from bridge.source import MqttSource
@@ -110,9 +112,13 @@ def start_probes(settings: Settings, bridge: Bridge) -> ProbeServer | None:
     port = settings.telemetry.bridge_port
     if port == 0:
         return None
-    queues = QueueCollector(
-        bridge.delivery.publisher.redis, settings.key_prefix, bridge.delivery.publisher.queues
+    # A client of its own: the loop reaches Redis only through its writer (bridge/ports.py).
+    client = redis.Redis.from_url(
+        settings.broker_url.get_secret_value(),
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
     )
+    queues = QueueCollector(client, settings.key_prefix, bridge.intake.routes.queues)
     registry = bridge_registry(BridgeCollector(bridge.state, bridge.counts, bridge.batches), queues)
     return ProbeServer(
         settings.telemetry.address,

@@ -4,13 +4,14 @@ success. The bridge uses it for MQTT reconnects, Redis retries and held acks.
 
 from __future__ import annotations
 
-import time
+from bridge.clock import SYSTEM_CLOCK, Clock
 
 
 class Backoff:
-    def __init__(self, min_delay: float, max_delay: float) -> None:
+    def __init__(self, min_delay: float, max_delay: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.min_delay = min_delay
         self.max_delay = max_delay
+        self.clock = clock
         self.delay = min_delay
         self.failures = 0
         """Consecutive failures since the last success."""
@@ -18,14 +19,14 @@ class Backoff:
 
     def ready(self) -> bool:
         """Whether the current wait is over."""
-        return time.monotonic() >= self._until
+        return self.clock.now() >= self._until
 
     def remaining(self) -> float:
-        return max(0.0, self._until - time.monotonic())
+        return max(0.0, self._until - self.clock.now())
 
     def wait(self) -> None:
         """Start a wait of the current delay, without growing it."""
-        self._until = time.monotonic() + self.delay
+        self._until = self.clock.now() + self.delay
 
     def failed(self) -> None:
         """Wait the current delay, then double it for next time."""

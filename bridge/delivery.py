@@ -6,15 +6,16 @@ Landing also watches Redis's memory, so the bridge pauses before Redis refuses w
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from enum import StrEnum
 
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
+from bridge.clock import SYSTEM_CLOCK, Clock
 from bridge.outbound import Outbound
-from bridge.publisher import PublishFailed, RedisFull, RedisPublisher
-from bridge.spool import Spool, SpoolFailed, SpoolFull
+from bridge.ports import RedisWriter, Spooler
+from bridge.publisher import PublishFailed, RedisFull
+from bridge.spool import SpoolFailed, SpoolFull
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -39,22 +40,24 @@ class Outcome(StrEnum):
 class Delivery:
     def __init__(
         self,
-        publisher: RedisPublisher,
-        spool: Spool,
+        publisher: RedisWriter,
+        spool: Spooler,
         backpressure: Backpressure,
         redis_backoff: Backoff,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.publisher = publisher
         self.spool = spool
         self.backpressure = backpressure
         self.redis_backoff = redis_backoff
+        self.clock = clock
         self._redis_down_since: float | None = None
         self._next_memory_check = 0.0
         self._landed_unchecked = 0
         self.replayed = 0
         self.held_because = ""
         """Why the last batch was held: the spool full, or the disk refusing it."""
-        self.spool_backoff = Backoff(redis_backoff.min_delay, redis_backoff.max_delay)
+        self.spool_backoff = Backoff(redis_backoff.min_delay, redis_backoff.max_delay, clock)
         self._spool_failure: str | None = None
         self.redis_fault: str | None = None
         """Why Redis refused the last write (down, or full), or None if it took it."""
@@ -121,7 +124,7 @@ class Delivery:
             self._redis_failed(error)
 
     def _observe_memory(self) -> None:
-        self._next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
+        self._next_memory_check = self.clock.now() + MEMORY_CHECK_SECONDS
         self._landed_unchecked = 0
         self.backpressure.observe_memory(self.publisher.memory())
 
@@ -138,7 +141,7 @@ class Delivery:
             self._redis_failed(error)
             return False
         if self._redis_down_since is not None:
-            log.info("redis is back after %.1fs", time.monotonic() - self._redis_down_since)
+            log.info("redis is back after %.1fs", self.clock.now() - self._redis_down_since)
         self._redis_down_since = None
         self.redis_fault = None
         self.redis_backoff.succeeded()
@@ -146,7 +149,7 @@ class Delivery:
         self._landed_unchecked += sum(len(item.body) for item in items)
         if (
             self._landed_unchecked >= MEMORY_CHECK_BYTES
-            or time.monotonic() >= self._next_memory_check
+            or self.clock.now() >= self._next_memory_check
         ):
             try:
                 self._observe_memory()
@@ -168,7 +171,7 @@ class Delivery:
 
     def _redis_failed(self, error: PublishFailed) -> None:
         if self._redis_down_since is None:
-            self._redis_down_since = time.monotonic()
+            self._redis_down_since = self.clock.now()
             log.error("redis did not take a batch: %s; spooling to %s", error, self.spool.path)
         self.redis_fault = f"redis is unreachable: {error}"
         self.redis_backoff.failed()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from operator import attrgetter
@@ -17,16 +16,17 @@ from operator import attrgetter
 import redis
 
 from bridge.backoff import Backoff
+from bridge.clock import SYSTEM_CLOCK, Clock
 from bridge.delivery import Delivery, Outcome
 from bridge.intake import Intake
 from bridge.messages import MessageBuilder
 from bridge.metrics import BatchMetrics
 from bridge.outbound import Outbound
+from bridge.ports import LedgerSweep, MessageSource, Presence, StateRecorder
 from bridge.publish_time import from_payload
-from bridge.replicas import ClientIdTaken, Replica
-from bridge.source import MqttSource, Received
-from bridge.state import BridgeState, StateBeats
-from bridge.sweeper import Sweeper
+from bridge.replicas import ClientIdTaken
+from bridge.source import Received
+from bridge.state import BridgeState
 from taskhub.deadletters import DeadLetter, stream_key
 from taskhub.settings import BridgeSettings
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
@@ -72,17 +72,24 @@ _READ_AT = attrgetter("received.read_at")
 
 
 class Bridge:
+    """One replica's loop: `run()` turns it until a stop, then delivers what is in hand.
+
+    Everything outside it comes in through bridge/ports.py and the clock, so tests/fakes/ can
+    stand in for each (tests/test_bridge_units.py).
+    """
+
     def __init__(
         self,
-        source: MqttSource,
+        source: MessageSource,
         intake: Intake,
         builder: MessageBuilder,
         delivery: Delivery,
-        sweeper: Sweeper,
-        replica: Replica,
+        sweeper: LedgerSweep,
+        replica: Presence,
         settings: BridgeSettings,
         key_prefix: str,
-        beats: StateBeats | None = None,
+        beats: StateRecorder | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.source = source
         self.intake = intake
@@ -90,6 +97,7 @@ class Bridge:
         self.delivery = delivery
         self.sweeper = sweeper
         self.replica = replica
+        self.clock = clock
         self.exit_code = 0
         self._leaving: bool | None = None
         """Decided at the stop: whether this replica leaves its share group for good."""
@@ -101,25 +109,25 @@ class Bridge:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._batch_started: float | None = None
-        self._hold = Backoff(settings.redis_retry_min_delay, settings.redis_retry_max_delay)
+        self._hold = Backoff(settings.redis_retry_min_delay, settings.redis_retry_max_delay, clock)
         self._next_depth_poll = 0.0
-        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+        self._next_sweep = clock.now() + SWEEP_INTERVAL_SECONDS
         self.beats = beats
         self.batches = BatchMetrics()
-        self.turned_at = time.monotonic()
+        self.turned_at = clock.now()
         """When the loop last turned: `/healthz` reads it from the probe thread."""
 
     def request_stop(self) -> None:
         """Stop reading; deliver and ack what is in hand; then run() returns."""
         if not self._stop.is_set():
-            self._stop_requested_at = time.monotonic()
+            self._stop_requested_at = self.clock.now()
             self._stop.set()
 
     def run(self) -> int:
         """Run until stopped; the process's exit code."""
         try:
             while not self._finished():
-                self._turn()
+                self.turn()
         finally:
             # A session ends only with nothing unacked or queued in it: those would end with it.
             left_clean = self._drained and not self.pending and not self.source.received
@@ -167,7 +175,7 @@ class Bridge:
             spool_fault=self.delivery.spool_fault,
             leaving=bool(self._leaving),
             stopping=self._stop.is_set(),
-            loop_age=time.monotonic() - self.turned_at,
+            loop_age=self.clock.now() - self.turned_at,
         )
 
     def counts(self) -> dict[str, int]:
@@ -203,8 +211,11 @@ class Bridge:
         self.source.leave()
         return True
 
-    def _turn(self) -> None:
-        self.turned_at = time.monotonic()
+    def turn(self) -> None:
+        """One pass of the loop: read, take, deliver and ack a batch if one is due, replay the
+        spool, and the timers (depth poll, heartbeat, state beat, sweep)."""
+        now = self.clock.now
+        self.turned_at = now()
         held = not self._hold.ready()
         # A leaving replica takes everything it was sent, even while paused: bounded by what
         # was in flight when it unsubscribed.
@@ -219,16 +230,16 @@ class Bridge:
         if not self.pending and self.source.shed_and_drained():
             self.source.reconnect_to_collect_shed()
         self.delivery.replay()
-        if self.delivery.backpressure.paused and time.monotonic() >= self._next_depth_poll:
-            self._next_depth_poll = time.monotonic() + BACKPRESSURE_POLL_SECONDS
+        if self.delivery.backpressure.paused and now() >= self._next_depth_poll:
+            self._next_depth_poll = now() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
         self._beat()
         if self.beats is not None and self.beats.due():
             flush_dead_letter_log()  # a flood's summary line, even once the flood is over
             if self.delivery.redis_due:  # not while Redis is known down: no wait on it
                 self.beats.record(self.state())
-        if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+        if now() >= self._next_sweep:
+            self._next_sweep = now() + SWEEP_INTERVAL_SECONDS
             self._sweep()
 
     def _beat(self) -> None:
@@ -251,7 +262,7 @@ class Bridge:
     def _take_received(self, room: int) -> None:
         taken = self.source.take(room)
         if taken and self._batch_started is None:
-            self._batch_started = time.monotonic()
+            self._batch_started = self.clock.now()
         self.counters.received += len(taken)
         for message in taken:
             self.pending.append(self._pending(message))
@@ -273,7 +284,7 @@ class Bridge:
             return True
         if self.source.more_waiting():
             return False
-        lingered = time.monotonic() - (self._batch_started or 0.0)
+        lingered = self.clock.now() - (self._batch_started or 0.0)
         return lingered * 1000 >= self.settings.batch_linger_ms
 
     def _flush(self) -> None:
@@ -315,10 +326,10 @@ class Bridge:
             len(batch),
             map(_READ_AT, delivered),
             [item.sent_at for item in delivered if item.sent_at is not None],
-            time.monotonic(),
-            time.time(),
+            self.clock.now(),
+            self.clock.wall(),
         )
-        self._batch_started = time.monotonic() if self.pending else None
+        self._batch_started = self.clock.now() if self.pending else None
 
     def _dead_lettered(self, letter: DeadLetter, outbound: Outbound, entry_id: str) -> None:
         """A dead letter is durable: count it, log it (rate-limited), and copy it to MQTT."""
@@ -331,7 +342,7 @@ class Bridge:
         kept = deque(item for item in self.pending if self.source.is_current(item.received))
         self._abandon(len(self.pending) - len(kept), "their mqtt connection was lost")
         self.pending = kept
-        self._batch_started = time.monotonic() if kept else None
+        self._batch_started = self.clock.now() if kept else None
 
     def _hold_batch(self) -> None:
         """Neither Redis nor the spool took the batch: keep it unacked and try again later."""
@@ -344,8 +355,8 @@ class Bridge:
         self._hold.failed()
 
     def _shutdown_overdue(self) -> bool:
-        started = self._stop_requested_at or time.monotonic()
-        return time.monotonic() - started > SHUTDOWN_GRACE_SECONDS
+        started = self._stop_requested_at or self.clock.now()
+        return self.clock.now() - started > SHUTDOWN_GRACE_SECONDS
 
     def _abandon(self, count: int, why: str) -> None:
         if count:
