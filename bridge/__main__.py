@@ -21,7 +21,7 @@ from bridge.spool import Spool, SpoolUnusable
 from bridge.state import StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
-from taskhub.deadletters import stream_key
+from taskhub.deadletters import DeadLetterStore
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import redact, redact_logs
 from taskhub.settings import Settings, settings_or_exit
@@ -57,7 +57,9 @@ def build_bridge(settings: Settings) -> Bridge:
         ledger,
         routes.queues,
         grace=settings.tasks.time_limit + settings.tasks.retry_backoff_max,
-        deadletter_stream=stream_key(settings.key_prefix),
+        letters=DeadLetterStore(
+            publisher.redis, settings.key_prefix, bridge_settings.deadletter_maxlen
+        ),
     )
     try:
         spool = Spool(

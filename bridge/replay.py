@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from bridge.intake import Intake, RawMessage, first_error
 from bridge.messages import MessageBuilder, TaskCall
+from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
-from taskhub.ledger import LedgerEntry, LedgerKeys, record
+from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
 from taskhub.routes import RouteTable
 from taskhub.settings import Settings
-from taskhub.worker_losses import losses_key
 
 CHUNK = 200
 
@@ -118,19 +118,16 @@ class Replayer:
         enqueued."""
         if dry_run or not ready:
             return
-        bodies = [(call, self.builder.build(call)) for _, call in ready]
+        entries = [
+            LedgerEntry(call.task_id, call.queue, self.builder.build(call)) for _, call in ready
+        ]
         with self.store.redis.pipeline(transaction=True) as pipe:
-            record(
-                pipe,
-                self.ledger,
-                (LedgerEntry(call.task_id, call.queue, body) for call, body in bodies),
-                time.time(),
-            )
-            for call, body in bodies:
-                pipe.lpush(call.queue, body)
+            enqueue(pipe, self.ledger, entries, time.time())
             for letter, call in ready:  # a replayed task starts with no worker losses
                 if letter.reason is Reason.WORKER_LOST and letter.task is not None:
                     for retries in range(letter.task.retries + 1):
-                        pipe.delete(losses_key(self.store.key_prefix, call.task_id, retries))
+                        pipe.delete(
+                            redis_keys.worker_losses(self.store.key_prefix, call.task_id, retries)
+                        )
             pipe.xdel(self.store.key, *(letter.id for letter, _ in ready))
             pipe.execute()

@@ -27,7 +27,8 @@ from bridge.replicas import ClientIdTaken, Replica
 from bridge.source import MqttSource, Received
 from bridge.state import BridgeState, StateBeats
 from bridge.sweeper import Sweeper
-from taskhub.deadletters import DeadLetter, stream_key
+from taskhub import redis_keys
+from taskhub.deadletters import DeadLetter
 from taskhub.settings import BridgeSettings
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
 
@@ -95,7 +96,7 @@ class Bridge:
         """Decided at the stop: whether this replica leaves its share group for good."""
         self._drained = False
         self.settings = settings
-        self.deadletter_stream = stream_key(key_prefix)
+        self.deadletter_stream = redis_keys.deadletters(key_prefix)
         self.counters = Counters()
         self.pending: deque[Pending] = deque()
         self._stop = threading.Event()

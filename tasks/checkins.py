@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.payloads import CheckinTweet
 from taskhub.settings import get_settings
@@ -136,4 +137,4 @@ def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) 
 
 def resolved_stream() -> str:
     """The stream announcing each resolved check-in once, for whatever consumes them."""
-    return f"{get_settings().key_prefix}:checkins:resolved"
+    return redis_keys.checkins_resolved(get_settings().key_prefix)
