@@ -173,9 +173,9 @@ def workers(
 def enqueue(stage: Stage, count: int, id_base: int, venues: int) -> None:
     """Push `count` check-in tasks into the queue in a few round trips: a burst."""
     import tasks.checkins  # noqa: F401  (registers the task whose options the messages carry)
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
     from taskhub.celery import app
     from taskhub.demo.feed import checkin_tweets
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 
     task = "tasks.checkins.resolve_checkin"
     builder = MessageBuilder.for_tasks(app, [task])

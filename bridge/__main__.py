@@ -10,8 +10,6 @@ from types import FrameType
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
-from bridge.intake import Intake
-from bridge.messages import MessageBuilder
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
@@ -22,9 +20,11 @@ from bridge.state import StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
 from taskhub.deadletters import DeadLetterStore
+from taskhub.intake import Intake
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import redact, redact_logs
 from taskhub.settings import Settings, settings_or_exit
+from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern

@@ -18,8 +18,6 @@ import redis
 
 from bridge.backoff import Backoff
 from bridge.delivery import Delivery, Outcome
-from bridge.intake import Intake
-from bridge.messages import MessageBuilder
 from bridge.metrics import BatchMetrics
 from bridge.outbound import Outbound
 from bridge.publish_time import from_payload
@@ -29,7 +27,9 @@ from bridge.state import BridgeState, StateBeats
 from bridge.sweeper import Sweeper
 from taskhub import redis_keys
 from taskhub.deadletters import DeadLetter
+from taskhub.intake import Intake
 from taskhub.settings import BridgeSettings
+from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
 
 log = logging.getLogger("taskhub.bridge")

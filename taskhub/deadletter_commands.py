@@ -235,8 +235,8 @@ def _replay(
     which: LetterFilter,
     dry_run: bool,
 ) -> int:
-    from bridge.replay import Replayer
     from taskhub.celery import checked_routes
+    from taskhub.deadletter_replay import Replayer
 
     replayer = Replayer.for_routes(store, checked_routes(settings), settings)
     report = replayer.replay(store.scan(which, newest_first=False), dry_run=dry_run)

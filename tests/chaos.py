@@ -30,11 +30,11 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from bridge.messages import deterministic_task_id
 from taskhub import redis_keys
 from taskhub.demo.feed import checkin_tweets
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
+from taskhub.task_messages import deterministic_task_id
 from tests.support.isolation import free_port
 from tests.support.processes import (
     BRIDGE_READY,

@@ -54,7 +54,7 @@ def _resizes(worker: Process) -> list[tuple[int, int]]:
 def test_the_pool_grows_within_a_tick_of_a_burst_and_shrinks_back_after_it(
     scaling_worker: Process, broker_redis: redis.Redis
 ) -> None:
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
     from tasks.checkins import resolve_checkin
 
     task = resolve_checkin.name

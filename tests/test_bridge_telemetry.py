@@ -19,12 +19,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.intake import RawMessage
 from bridge.metrics import BulkHistogram
 from bridge.publish_time import from_payload, from_properties, from_raw_properties
 from bridge.state import BridgeState
 from taskhub.deadletters import DeadLetterStore
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.settings import get_settings
 from taskhub.telemetry.beats import bridge_beats
 from taskhub.telemetry.deadletter_log import RateLimitedLog

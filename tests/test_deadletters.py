@@ -18,7 +18,6 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from bridge.intake import RawMessage
 from taskhub.deadletters import (
     DeadLetter,
     DeadLetterStore,
@@ -27,6 +26,7 @@ from taskhub.deadletters import (
     Reason,
 )
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.redaction import redact
 from taskhub.settings import get_settings

@@ -10,7 +10,6 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
 from bridge.sweeper import MAX_SWEEPS, SCAN_LIMIT, SWEEP_BATCH, Sweeper
@@ -19,6 +18,7 @@ from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStore
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.conftest import checkin_tweet, stored_checkins
 from tests.support.processes import start_worker as start_worker_process
 from tests.support.processes import wait_for

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import redis
 
-from bridge.messages import MessageBuilder, TaskCall
 from taskhub.deadletters import DeadLetterStore, Reason
 from taskhub.settings import get_settings
+from taskhub.task_messages import MessageBuilder, TaskCall
 from tests.support.processes import Process, wait_for
 
 

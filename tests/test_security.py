@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from bridge.intake import RawMessage
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.settings import MqttSettings, get_settings
 from tests.support.credentials import mosquitto_password_file, server_certificate
 from tests.support.isolation import free_port

@@ -189,7 +189,7 @@ def test_redis_killed_while_tasks_run_loses_none_of_them(
     """Celery would revoke and ack running tasks on a lost connection; taskhub turns that off."""
     import json
 
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
     from tests.support.servers import RedisServer
 
     server = RedisServer(tmp_path / "redis")

@@ -13,7 +13,6 @@ import pytest
 import redis
 from celery.exceptions import Reject
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
 from taskhub import redis_keys
@@ -21,6 +20,7 @@ from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerKeys
 from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.settings import get_settings
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.support.poison_routes import POISON_QUEUE
 from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
 from tests.support.processes import WORKER_READY, Process, celery, wait_for
@@ -342,7 +342,7 @@ def test_a_copy_of_a_task_already_dead_lettered_is_dropped_unrun_without_a_secon
 def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
     broker_redis: redis.Redis,
 ) -> None:
-    from bridge.replay import Replayer
+    from taskhub.deadletter_replay import Replayer
     from taskhub.deadletters import FailedTask
     from taskhub.routes import RouteTable
     from taskhub.worker_losses import LETTERED

@@ -1,5 +1,6 @@
-"""Replaying dead letters: each is judged again by today's routes and models, and what passes is
-enqueued, with its ledger entry, in the same transaction that removes the letter.
+"""Replaying dead letters (`taskhub deadletter replay`): each is judged again by today's routes and
+models, as the bridge judges a message, and what passes is enqueued, with its ledger entry, in the
+same transaction that removes the letter.
 
 Replay is idempotent with the rest of the system: a message letter yields the task id the bridge
 would have given it, and a task letter keeps its task id, so a copy that ran already (or a second
@@ -14,14 +15,14 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from bridge.intake import Intake, RawMessage, first_error
-from bridge.messages import MessageBuilder, TaskCall
 from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.intake import Intake, RawMessage, first_error
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
 from taskhub.routes import RouteTable
 from taskhub.settings import Settings
+from taskhub.task_messages import MessageBuilder, TaskCall
 
 CHUNK = 200
 
