@@ -36,9 +36,9 @@ from rich.table import Table
 
 from bench.harness import median, percentile, wait_until
 from bench.probe import POOL_KEY, WAITS_KEY
+from rig.isolation import claim_redis_db, free_port, release_redis_db
+from rig.processes import WORKER_READY, Process, celery, python_module
 from taskhub import redis_keys
-from tests.support.isolation import claim_redis_db, free_port, release_redis_db
-from tests.support.processes import WORKER_READY, Process, celery, python_module
 
 LATENCY_MS = 50.0
 STOCK_AUTOSCALE = "10,2"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import redis
 
-from tests.support.isolation import claim_redis_db, release_redis_db
-from tests.support.servers import MosquittoServer
+from rig.isolation import claim_redis_db, release_redis_db
+from rig.servers import MosquittoServer
 
 TOPIC_PREFIX = "bench/"
 POLL_SECONDS = 0.002

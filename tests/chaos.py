@@ -30,13 +30,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from taskhub import redis_keys
-from taskhub.demo.feed import checkin_tweets
-from taskhub.mqtt import connect_arguments, new_client
-from taskhub.settings import MqttSettings
-from taskhub.task_messages import deterministic_task_id
-from tests.support.isolation import free_port
-from tests.support.processes import (
+from rig.isolation import free_port
+from rig.processes import (
     BRIDGE_READY,
     WORKER_READY,
     Process,
@@ -44,7 +39,12 @@ from tests.support.processes import (
     python_module,
     wait_for,
 )
-from tests.support.servers import MosquittoServer, RedisServer, repo_autosave_changes
+from rig.servers import MosquittoServer, RedisServer, repo_autosave_changes
+from taskhub import redis_keys
+from taskhub.demo.feed import checkin_tweets
+from taskhub.mqtt import connect_arguments, new_client
+from taskhub.settings import MqttSettings
+from taskhub.task_messages import deterministic_task_id
 
 GEVENT, PREFORK = "gevent", "prefork"
 DEFAULT_MESSAGES = 20_000

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from tests.support.isolation import configure_run, release_redis_db
-from tests.support.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
-from tests.support.servers import MosquittoServer, RedisServer
+from rig.isolation import configure_run, release_redis_db
+from rig.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+from rig.servers import MosquittoServer, RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer

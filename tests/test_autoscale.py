@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import Process, start_worker, wait_for
 from taskhub.demo.standin import StandinServer
 from taskhub.settings import StandinSettings
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.processes import Process, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -18,6 +18,15 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
+from rig.isolation import free_port
+from rig.processes import (
+    BRIDGE_READY,
+    WORKER_READY,
+    Process,
+    celery,
+    python_module,
+    wait_for,
+)
 from taskhub.deadletters import (
     DeadLetter,
     DeadLetterStore,
@@ -31,15 +40,6 @@ from taskhub.mqtt import connect_arguments, new_client
 from taskhub.redaction import redact
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
-from tests.support.isolation import free_port
-from tests.support.processes import (
-    BRIDGE_READY,
-    WORKER_READY,
-    Process,
-    celery,
-    python_module,
-    wait_for,
-)
 
 FIXED_ROUTES = "tests.support.fixed_routes:ROUTES"
 

@@ -13,6 +13,9 @@ from celery.contrib.testing.worker import start_worker
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
 from bridge.sweeper import MAX_SWEEPS, SCAN_LIMIT, SWEEP_BATCH, Sweeper
+from rig.processes import start_worker as start_worker_process
+from rig.processes import wait_for
+from rig.servers import RedisServer
 from taskhub import redis_keys
 from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStore
 from taskhub.demo.standin import StandinServer
@@ -20,9 +23,6 @@ from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
 from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.processes import start_worker as start_worker_process
-from tests.support.processes import wait_for
-from tests.support.servers import RedisServer
 
 TASK = "tasks.checkins.resolve_checkin"
 
@@ -101,8 +101,8 @@ def test_a_completed_task_is_settled(
     keys: LedgerKeys,
     standin: StandinServer,
 ) -> None:
+    from rig.processes import wait_for
     from taskhub.celery import app
-    from tests.support.processes import wait_for
 
     publisher.land([_outbound("805")])
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):

@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from taskhub.settings import get_settings
-from tests.conftest import checkin_tweet, publish_checkins, stored_checkins
-from tests.support.processes import (
+from rig.processes import (
     BRIDGE_READY,
     WORKER_READY,
     Process,
@@ -23,7 +21,9 @@ from tests.support.processes import (
     start_worker,
     wait_for,
 )
-from tests.support.servers import MosquittoServer, RedisServer
+from rig.servers import MosquittoServer, RedisServer
+from taskhub.settings import get_settings
+from tests.conftest import checkin_tweet, publish_checkins, stored_checkins
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import redis
 
+from rig.processes import Process, wait_for
 from taskhub.deadletters import DeadLetterStore, Reason
 from taskhub.settings import get_settings
 from taskhub.task_messages import MessageBuilder, TaskCall
-from tests.support.processes import Process, wait_for
 
 
 class _Payload:

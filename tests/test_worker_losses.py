@@ -15,6 +15,8 @@ from celery.exceptions import Reject
 
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
+from rig.processes import WORKER_READY, Process, celery, wait_for
+from rig.servers import RedisServer
 from taskhub import redis_keys
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerKeys
@@ -23,8 +25,6 @@ from taskhub.settings import get_settings
 from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.support.poison_routes import POISON_QUEUE
 from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
-from tests.support.processes import WORKER_READY, Process, celery, wait_for
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 
