@@ -80,7 +80,7 @@ def stage(redis_db: int | None = None) -> Iterator[Stage]:
 
 
 def use_stage(found: Stage, client_id: str) -> None:
-    """Point this process's taskhub settings at `found`; call before importing taskhub's app."""
+    """Point this process's taskhub settings at `found`; call before it first reads them."""
     os.environ.update(found.env(client_id))
 
 

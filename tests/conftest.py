@@ -25,7 +25,7 @@ _RUN: dict[str, object] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Before any test module imports taskhub: settings are read once per process.
+    # Before any test reads settings (once per process, at first use; importing reads none).
     run_id, db = configure_run()
     _RUN.update(run_id=run_id, db=db)
 
