@@ -185,15 +185,17 @@ def publish_checkins(
 
 def stored_checkins(client: redis.Redis, tweet_ids: list[str]) -> int:
     """How many of `tweet_ids` have a stored resolved check-in."""
+    from taskhub import redis_keys
     from taskhub.settings import get_settings
 
     prefix = get_settings().key_prefix
-    keys = [f"{prefix}:checkin:{tweet_id}" for tweet_id in tweet_ids]
+    keys = [redis_keys.effect(prefix, "checkin", tweet_id) for tweet_id in tweet_ids]
     return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
 
 
 def load_checkin(client: redis.Redis, tweet_id: str) -> dict[str, object] | None:
+    from taskhub import redis_keys
     from taskhub.settings import get_settings
 
-    raw = client.get(f"{get_settings().key_prefix}:checkin:{tweet_id}")
+    raw = client.get(redis_keys.effect(get_settings().key_prefix, "checkin", tweet_id))
     return None if raw is None else dict(json.loads(raw))

@@ -27,6 +27,7 @@ from rig.processes import (
     python_module,
     wait_for,
 )
+from taskhub import redis_keys
 from taskhub.deadletters import (
     DeadLetter,
     DeadLetterStore,
@@ -161,7 +162,7 @@ def letters_of_every_kind(
     publish(get_settings().mqtt, messages, rate=0, total=len(messages), show_progress=False)
     store = _store(broker_redis)
     wait_for(lambda: len(store) >= 6, 30, "six dead letters")
-    key = f"{get_settings().key_prefix}:reading:dev-1"
+    key = redis_keys.effect(get_settings().key_prefix, "reading", "dev-1")
     wait_for(lambda: broker_redis.exists(key) == 1, 30, "the valid reading to be stored")
     yield store
     assert bridge.popen is not None
@@ -244,7 +245,7 @@ def test_replaying_one_letter_twice_runs_its_task_once(
         "deadletter", "replay", first, second, env={"TASKHUB_ROUTES": FIXED_ROUTES}
     )
     assert "replay: enqueued=2" in replayed
-    duplicates = f"{get_settings().key_prefix}:stats:duplicates_absorbed"
+    duplicates = redis_keys.duplicates_absorbed(get_settings().key_prefix)
     wait_for(
         lambda: broker_redis.hget(duplicates, "tasks.sensors.record_reading") == b"1",
         30,
