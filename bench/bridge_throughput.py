@@ -22,7 +22,7 @@ from rich.table import Table
 
 from bench.contestants import open_session, raw_seconds, start_bridge, start_naive, start_raw
 from bench.harness import TOPIC_PREFIX, Stage, median, peak_rss_mb, stage, use_stage, wait_until
-from tests.support.processes import Process
+from rig.processes import Process
 
 CONTESTANTS = ("raw", "naive", "taskhub")
 QUEUE = "checkins"

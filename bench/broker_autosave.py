@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import median
-from tests.support.broker_crash import (
+from rig.broker_crash import (
     SUBSCRIBER_ID,
     TOPIC,
     WAIT_SECONDS,
@@ -39,7 +39,7 @@ from tests.support.broker_crash import (
     publish_then_crash,
     subscribe,
 )
-from tests.support.servers import MosquittoServer
+from rig.servers import MosquittoServer
 
 OLD_AUTOSAVE = {"autosave_on_changes": "false", "autosave_interval": "30"}
 """The repo's config before issue 11: a snapshot every 30 seconds."""

@@ -36,8 +36,9 @@ from rich.table import Table
 
 from bench.harness import median, percentile, wait_until
 from bench.probe import POOL_KEY, WAITS_KEY
-from tests.support.isolation import claim_redis_db, free_port, release_redis_db
-from tests.support.processes import WORKER_READY, Process, celery, python_module
+from rig.isolation import claim_redis_db, free_port, release_redis_db
+from rig.processes import WORKER_READY, Process, celery, python_module
+from taskhub import redis_keys
 
 LATENCY_MS = 50.0
 STOCK_AUTOSCALE = "10,2"
@@ -48,6 +49,8 @@ ENQUEUE_BATCH = 1000
 DRAIN_TIMEOUT = 600.0
 READY_TIMEOUT = 60.0
 QUEUE = "checkins"
+KEY_PREFIX = "taskhub"
+"""TASKHUB_KEY_PREFIX's default, which the workers here run with."""
 ID_BASE = 7_000_000_000
 console = Console(stderr=True, width=150)
 
@@ -170,9 +173,9 @@ def workers(
 def enqueue(stage: Stage, count: int, id_base: int, venues: int) -> None:
     """Push `count` check-in tasks into the queue in a few round trips: a burst."""
     import tasks.checkins  # noqa: F401  (registers the task whose options the messages carry)
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
     from taskhub.celery import app
     from taskhub.demo.feed import checkin_tweets
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 
     task = "tasks.checkins.resolve_checkin"
     builder = MessageBuilder.for_tasks(app, [task])
@@ -217,7 +220,7 @@ def drain(
             hosts = {f"127.0.0.1:{ports[1]}": {"rate_limit": shared}}
             env["TASKHUB_HTTP__HOSTS"] = json.dumps(hosts)
         with workers(stage, ports, argv_tail, processes, env):
-            resolved = "taskhub:checkins:resolved"
+            resolved = redis_keys.checkins_resolved(KEY_PREFIX)
             started = time.monotonic()
             enqueue(stage, count, id_base, venues)
             ended = wait_until(
@@ -229,7 +232,7 @@ def drain(
         for raw in client.lrange(POOL_KEY, 0, -1):
             _, worker, size = str(raw, "ascii").split()  # type: ignore[arg-type]
             pool.setdefault(worker, []).append(int(size))
-        stats = client.hgetall("taskhub:stats:cache").items()
+        stats = client.hgetall(redis_keys.cache_stats(KEY_PREFIX)).items()
         cache = {str(k, "ascii"): int(v) for k, v in stats}  # type: ignore[arg-type]
     return Outcome(name, count, ended - started, waits, pool, dict(venue), cache)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from bench.harness import TOPIC_PREFIX, Stage
 from bench.raw_subscriber import DONE as RAW_DONE
+from rig.processes import Process, python_module
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
-from tests.support.processes import Process, python_module
 
 READY_TIMEOUT = 60.0
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import redis
 
-from tests.support.isolation import claim_redis_db, release_redis_db
-from tests.support.servers import MosquittoServer
+from rig.isolation import claim_redis_db, release_redis_db
+from rig.servers import MosquittoServer
 
 TOPIC_PREFIX = "bench/"
 POLL_SECONDS = 0.002
@@ -80,7 +80,7 @@ def stage(redis_db: int | None = None) -> Iterator[Stage]:
 
 
 def use_stage(found: Stage, client_id: str) -> None:
-    """Point this process's taskhub settings at `found`; call before importing taskhub's app."""
+    """Point this process's taskhub settings at `found`; call before it first reads them."""
     os.environ.update(found.env(client_id))
 
 

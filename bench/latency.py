@@ -28,7 +28,7 @@ from rich.table import Table
 from bench.harness import TOPIC_PREFIX, Stage, median, percentile, stage, use_stage, wait_until
 from bench.naive_bridge import READY as NAIVE_READY
 from bench.noop_route import QUEUE, ROUTES_SPEC, latencies_key
-from tests.support.processes import BRIDGE_READY, Process, celery, python_module
+from rig.processes import BRIDGE_READY, Process, celery, python_module
 
 CONTESTANTS = ("taskhub", "naive")
 SHARES = (0.5, 0.95, 0.99)

@@ -23,8 +23,8 @@ import redis
 from bench.bridge_throughput import FILTERS, client_id, drain_taskhub, preload
 from bench.contestants import open_session
 from bench.harness import Stage, median, stage
-from tests.support.compose import resolved, service
-from tests.support.servers import ConfiguredRedisServer
+from rig.compose import resolved, service
+from rig.servers import ConfiguredRedisServer
 
 MODES = ("always", "everysec")
 EXEC_SAMPLES = 500

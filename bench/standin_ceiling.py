@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from rig.isolation import free_port
+from rig.processes import Process, python_module, wait_for
 from taskhub.demo.venues import venue_for_code
-from tests.support.isolation import free_port
-from tests.support.processes import Process, python_module, wait_for
 
 DEFAULT_SECONDS = 5.0
 DEFAULT_CONNECTIONS = 64

@@ -12,8 +12,6 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
-from bridge.intake import Intake
-from bridge.messages import MessageBuilder
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import CONNECT_TIMEOUT, SOCKET_TIMEOUT, RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
@@ -23,10 +21,12 @@ from bridge.spool import Spool, SpoolUnusable
 from bridge.state import StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
-from taskhub.deadletters import stream_key
+from taskhub.deadletters import DeadLetterStore
+from taskhub.intake import Intake
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import redact, redact_logs
 from taskhub.settings import Settings, settings_or_exit
+from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern
@@ -59,7 +59,9 @@ def build_bridge(settings: Settings) -> Bridge:
         ledger,
         routes.queues,
         grace=settings.tasks.time_limit + settings.tasks.retry_backoff_max,
-        deadletter_stream=stream_key(settings.key_prefix),
+        letters=DeadLetterStore(
+            publisher.redis, settings.key_prefix, bridge_settings.deadletter_maxlen
+        ),
     )
     try:
         spool = Spool(

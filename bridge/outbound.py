@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bridge.messages import MessageBuilder, TaskCall
 from taskhub.deadletters import DeadLetter
+from taskhub.task_messages import MessageBuilder, TaskCall
 
 
 class Kind(StrEnum):

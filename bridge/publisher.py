@@ -6,7 +6,6 @@ Redis's memory is read on request, outside any transaction, so it can be read at
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 
@@ -15,8 +14,8 @@ import redis
 from bridge.backpressure import Memory
 from bridge.outbound import Kind, Outbound
 from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
-from taskhub.deadletters import count_letter
-from taskhub.ledger import LedgerEntry, LedgerKeys, record
+from taskhub.deadletters import add_letter
+from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 1.0
@@ -61,30 +60,17 @@ class RedisPublisher:
         Each task is recorded in the ledger in the same transaction, so none can vanish unseen.
         """
         pipe = self.redis.pipeline(transaction=True)
-        tasks = [item for item in items if item.kind is Kind.TASK]
-        record(
-            pipe,
-            self.ledger,
-            (LedgerEntry(item.task_id, item.key, item.body) for item in tasks),
-            time.time(),
-        )
+        tasks = [
+            LedgerEntry(item.task_id, item.key, item.body)
+            for item in items
+            if item.kind is Kind.TASK
+        ]
+        enqueue(pipe, self.ledger, tasks, time.time())
         letter_slots: list[int] = []
-        for key, run in itertools.groupby(items, key=lambda item: (item.kind, item.key)):
-            kind, target = key
-            if kind is Kind.TASK:
-                # One LPUSH per run of a queue: LPUSH q a b c leaves them as LPUSH a, b, c would.
-                pipe.lpush(target, *(item.body for item in run))
-                continue
-            for item in run:
-                fields = item.stream_fields()
+        for item in items:
+            if item.kind is not Kind.TASK:
                 letter_slots.append(len(pipe))  # where this XADD's entry id will be in the reply
-                pipe.xadd(
-                    item.key,
-                    fields,  # type: ignore[arg-type]
-                    maxlen=self.deadletter_maxlen,
-                    approximate=True,
-                )
-                count_letter(pipe, item.key, fields["reason"])
+                add_letter(pipe, item.key, item.stream_fields(), self.deadletter_maxlen)
         for queue in self.queues:
             pipe.llen(queue)
         try:
@@ -93,7 +79,7 @@ class RedisPublisher:
             raise RedisFull(f"{type(error).__name__}: {error}") from error
         except redis.RedisError as error:
             raise PublishFailed(f"{type(error).__name__}: {error}") from error
-        if tasks:  # the ledger's ZADD NX (after its HSET) counts the task ids new to it
+        if tasks:  # the ledger's ZADD NX (enqueue's second command) counts the task ids new to it
             self.repeated += len(tasks) - int(results[1])
         # XADD's entry ids, as bytes: this client does not decode replies.
         self.letter_ids = [results[slot].decode() for slot in letter_slots]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
+from taskhub import redis_keys
+
 log = logging.getLogger("taskhub.bridge")
 
 HEARTBEAT_SECONDS = 1.0
@@ -52,8 +54,8 @@ class ReplicaKeys:
 
     @classmethod
     def for_replica(cls, key_prefix: str, client_id: str, share_group: str | None) -> ReplicaKeys:
-        group = f"{key_prefix}:bridge:group:{share_group}" if share_group else None
-        return cls(lease=f"{key_prefix}:bridge:client:{client_id}", group=group)
+        group = redis_keys.bridge_group(key_prefix, share_group) if share_group else None
+        return cls(lease=redis_keys.bridge_lease(key_prefix, client_id), group=group)
 
 
 class Replica:

@@ -18,8 +18,6 @@ import redis
 from bridge.backoff import Backoff
 from bridge.clock import SYSTEM_CLOCK, Clock
 from bridge.delivery import Delivery, Outcome
-from bridge.intake import Intake
-from bridge.messages import MessageBuilder
 from bridge.metrics import BatchMetrics
 from bridge.outbound import Outbound
 from bridge.ports import LedgerSweep, MessageSource, Presence, StateRecorder
@@ -27,8 +25,11 @@ from bridge.publish_time import from_payload
 from bridge.replicas import ClientIdTaken
 from bridge.source import Received
 from bridge.state import BridgeState
-from taskhub.deadletters import DeadLetter, stream_key
+from taskhub import redis_keys
+from taskhub.deadletters import DeadLetter
+from taskhub.intake import Intake
 from taskhub.settings import BridgeSettings
+from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
 
 log = logging.getLogger("taskhub.bridge")
@@ -103,7 +104,7 @@ class Bridge:
         """Decided at the stop: whether this replica leaves its share group for good."""
         self._drained = False
         self.settings = settings
-        self.deadletter_stream = stream_key(key_prefix)
+        self.deadletter_stream = redis_keys.deadletters(key_prefix)
         self.counters = Counters()
         self.pending: deque[Pending] = deque()
         self._stop = threading.Event()

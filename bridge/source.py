@@ -26,8 +26,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.bulk_client import BulkClient, decode_properties
-from bridge.intake import RawMessage
 from bridge.publish_time import from_properties, from_raw_properties
+from taskhub.intake import RawMessage
 from taskhub.mqtt import connect_arguments, new_client, reason_text, session_ending_properties
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings

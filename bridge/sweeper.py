@@ -28,14 +28,13 @@ from typing import Any
 
 import redis
 
-from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetter, FailedTask, Reason, count_letter
-from taskhub.ledger import LedgerEntry, LedgerKeys
+from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue, settle
+from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.telemetry.deadletter_log import log_dead_letter
 
 log = logging.getLogger("taskhub.bridge.sweeper")
 
-KOMBU_UNACKED = "unacked"
-"""kombu's hash of delivered, unacked messages by delivery tag (its default `unacked_key`)."""
 SWEEP_BATCH = 500
 """Ledger entries read per round trip."""
 SCAN_LIMIT = 10 * SWEEP_BATCH
@@ -54,14 +53,15 @@ class Sweeper:
         keys: LedgerKeys,
         queues: Sequence[str],
         grace: float,
-        deadletter_stream: str,
+        letters: DeadLetterStore,
         scan_limit: int = SCAN_LIMIT,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.queues = tuple(queues)
         self.grace = grace
-        self.deadletter_stream = deadletter_stream
+        self.letters = letters
+        """Where tasks given up on go; only its stream and cap are used, on this client."""
         self.scan_limit = scan_limit
         self.requeued = 0
         self.abandoned = 0
@@ -147,17 +147,14 @@ class Sweeper:
             self._abandon(entry, _never_completed(entry))
             self.abandoned += 1
             return 0
+        message = json.loads(entry.body)
+        # A fresh tag: two live copies under one tag would share kombu's unacked entry.
+        message["properties"]["delivery_tag"] = str(uuid.uuid4())
+        again = LedgerEntry(entry.task_id, entry.queue, json.dumps(message), entry.sweeps + 1)
         with self.redis.pipeline(transaction=True) as pipe:
-            message = json.loads(entry.body)
-            # A fresh tag: two live copies under one tag would share kombu's unacked entry.
-            message["properties"]["delivery_tag"] = str(uuid.uuid4())
-            body = json.dumps(message)
-            again = LedgerEntry(entry.task_id, entry.queue, body, entry.sweeps + 1)
             # Enqueued like a new task, at the far end with a new time: the queue's tail must
             # keep holding its oldest enqueue time, or older entries would all look lost.
-            pipe.lpush(entry.queue, body)
-            pipe.hset(self.keys.entries, entry.task_id, again.encode())
-            pipe.zadd(self.keys.index, {entry.task_id: now})
+            enqueue(pipe, self.keys, [again], now, swept=True)
             pipe.execute()
         self.requeued += 1
         log.warning(
@@ -170,11 +167,8 @@ class Sweeper:
     def _abandon(self, entry: LedgerEntry, letter: DeadLetter) -> None:
         """Dead-letter `entry` and drop it from the ledger, in one transaction."""
         with self.redis.pipeline(transaction=True) as pipe:
-            fields = letter.to_fields()
-            pipe.xadd(self.deadletter_stream, fields, maxlen=DEFAULT_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            count_letter(pipe, self.deadletter_stream, letter.reason.value)
-            pipe.hdel(self.keys.entries, entry.task_id)
-            pipe.zrem(self.keys.index, entry.task_id)
+            self.letters.add_to(pipe, letter)
+            settle(pipe, self.keys, entry.task_id)
             entry_id = pipe.execute()[0]
         log_dead_letter(letter, _text(entry_id))
 

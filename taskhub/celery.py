@@ -1,6 +1,10 @@
 """The Celery application, so that `celery -A taskhub worker` and `celery -A taskhub flower` work.
 
 Its configuration lives in the top-level `celeryconfig` module, derived from taskhub's settings.
+Importing this module reads no settings: Celery loads `celeryconfig` when the app is first
+configured (a worker's start, a task's first call), and a bad setting ends the process there, in
+one line, before Celery starts anything. So a program (or a test run) may import the app and its
+tasks first and set its TASKHUB_ variables after.
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit
 from taskhub.settings import Settings, settings_or_exit
 from taskhub.task_log import shorten_task_lines
 from taskhub.worker import pool_kind
-
-settings_or_exit()  # a bad setting ends the process here with one line, before Celery starts
 
 
 class App(Celery):  # type: ignore[misc]

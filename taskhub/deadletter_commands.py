@@ -15,7 +15,13 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, LetterFilter, Reason
+from taskhub.deadletters import (
+    DeadLetter,
+    DeadLetterStore,
+    LetterFilter,
+    Reason,
+    deadletter_store,
+)
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.settings import Settings
 from taskhub.terminal import json_view, safe_text, visible
@@ -107,14 +113,9 @@ def _filter_of(args: argparse.Namespace) -> LetterFilter:
     )
 
 
-def _store(settings: Settings) -> DeadLetterStore:
-    client = redis.Redis.from_url(settings.broker_url.get_secret_value(), socket_timeout=10)
-    return DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
-
-
 def run(settings: Settings, args: argparse.Namespace) -> int:
     console = Console()
-    store = _store(settings)
+    store = deadletter_store()
     try:
         if args.action == "list":
             return _list(console, store, _filter_of(args), args.limit, args.json)
@@ -234,8 +235,8 @@ def _replay(
     which: LetterFilter,
     dry_run: bool,
 ) -> int:
-    from bridge.replay import Replayer
     from taskhub.celery import checked_routes
+    from taskhub.deadletter_replay import Replayer
 
     replayer = Replayer.for_routes(store, checked_routes(settings), settings)
     report = replayer.replay(store.scan(which, newest_first=False), dry_run=dry_run)

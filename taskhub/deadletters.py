@@ -9,11 +9,13 @@ that a worker refused: its name, id, arguments and the error, so replay can enqu
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
+import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,10 +24,17 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.redaction import redact, redact_document
+from taskhub.settings import get_settings
 
 DEFAULT_MAXLEN = 100_000
+"""TASKHUB_BRIDGE__DEADLETTER_MAXLEN's default, for a store that only reads."""
 SCAN_CHUNK = 500
+REDIS_TIMEOUT_SECONDS = 5.0
+"""How long this process's store (`deadletter_store()`) waits on Redis, to connect or for a reply,
+before it gives up with an error: a worker recording a failure is held up no longer, and the CLI
+says that Redis is unreachable rather than hang."""
 
 
 class Kind(StrEnum):
@@ -182,28 +191,25 @@ def _time_of(text: str | None, entry_id: str) -> datetime:
     return datetime.fromtimestamp(milliseconds / 1000, UTC)
 
 
-def stream_key(key_prefix: str) -> str:
-    return f"{key_prefix}:deadletters"
-
-
-def counts_key(stream: str) -> str:
-    """The hash of how many letters each reason has had: the stream is capped, these are not."""
-    return f"{stream}:counts"
-
-
-def minute_counts_key(stream: str, minute: int) -> str:
-    """The hash of the letters of one minute (epoch seconds // 60), by reason: `taskhub status`
-    sums the last 60 for its "last hour" without reading the letters themselves."""
-    return f"{stream}:counts:{minute}"
-
-
 MINUTE_COUNTS_TTL = 2 * 3600
+"""Seconds one minute's counts are kept: `taskhub status` sums the last 60 for its "last hour"
+without reading the letters themselves."""
+
+
+def add_letter(pipe: Pipeline, stream: str, fields: Mapping[str, str], maxlen: int) -> None:
+    """Queue one letter (`DeadLetter.to_fields`) on `pipe`, to land with the rest of its
+    transaction: its XADD, capped at `maxlen` (approximately: Redis trims whole nodes), and its
+    counts. Every writer of the stream comes through here, so none can forget the cap."""
+    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    count_letter(pipe, stream, fields["reason"])
 
 
 def count_letter(pipe: Pipeline, stream: str, reason: str, now: float | None = None) -> None:
     """Queue the count of one more letter for `reason`, beside its XADD in the same transaction."""
-    pipe.hincrby(counts_key(stream), reason, 1)
-    minute = minute_counts_key(stream, int((time.time() if now is None else now) // 60))
+    pipe.hincrby(redis_keys.deadletter_counts(stream), reason, 1)
+    minute = redis_keys.deadletter_minute_counts(
+        stream, int((time.time() if now is None else now) // 60)
+    )
     pipe.hincrby(minute, reason, 1)
     pipe.expire(minute, MINUTE_COUNTS_TTL)
 
@@ -252,7 +258,7 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis, key_prefix: str, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.redis = client
         self.key_prefix = key_prefix
-        self.key = stream_key(key_prefix)
+        self.key = redis_keys.deadletters(key_prefix)
         self.maxlen = maxlen
 
     def add(self, letter: DeadLetter) -> str:
@@ -263,7 +269,7 @@ class DeadLetterStore:
 
     def counts(self) -> dict[str, int]:
         """Letters ever added, by reason; deleting or replaying a letter keeps its count."""
-        return _counts(self.redis.hgetall(counts_key(self.key)))
+        return _counts(self.redis.hgetall(redis_keys.deadletter_counts(self.key)))
 
     def counts_since(self, seconds: float, now: float | None = None) -> dict[str, int]:
         """Letters added in the last `seconds` (to the minute, at most two hours), by reason."""
@@ -272,7 +278,7 @@ class DeadLetterStore:
         minutes = range(last - max(0, math.ceil(seconds / 60) - 1), last + 1)
         with self.redis.pipeline(transaction=False) as pipe:
             for minute in minutes:
-                pipe.hgetall(minute_counts_key(self.key, minute))
+                pipe.hgetall(redis_keys.deadletter_minute_counts(self.key, minute))
             replies = pipe.execute()
         total: Counter[str] = Counter()
         for reply in replies:
@@ -281,8 +287,7 @@ class DeadLetterStore:
 
     def add_to(self, pipe: Pipeline, letter: DeadLetter) -> None:
         """Queue the letter's XADD on `pipe`, so it lands with the rest of a transaction."""
-        pipe.xadd(self.key, letter.to_fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        count_letter(pipe, self.key, letter.reason.value)
+        add_letter(pipe, self.key, letter.to_fields(), self.maxlen)
 
     def __len__(self) -> int:
         return int(self.redis.xlen(self.key))
@@ -316,6 +321,24 @@ class DeadLetterStore:
     def delete(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
         return int(self.redis.xdel(self.key, *ids)) if ids else 0
+
+
+def deadletter_store() -> DeadLetterStore:
+    """This process's store, in the broker's Redis, next to the queues: where workers write the
+    letters of failed and refused tasks and the CLI reads and replays them. Built at first use;
+    a forked pool child builds its own, as a connection must not cross a fork."""
+    return _store_for(os.getpid())
+
+
+@functools.cache
+def _store_for(pid: int) -> DeadLetterStore:
+    settings = get_settings()
+    client = redis.Redis.from_url(
+        settings.broker_url.get_secret_value(),
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    return DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
 
 
 def _counts(raw: dict[Any, Any]) -> dict[str, int]:

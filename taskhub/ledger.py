@@ -9,11 +9,15 @@ and enqueues them again; the tasks' idempotency absorbs any copy that was not lo
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from redis.client import Pipeline
+
+from taskhub import redis_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +31,9 @@ class LedgerKeys:
     @classmethod
     def for_prefix(cls, key_prefix: str) -> LedgerKeys:
         return cls(
-            index=f"{key_prefix}:ledger",
-            entries=f"{key_prefix}:ledger:entries",
-            sweep_lock=f"{key_prefix}:ledger:sweeping",
+            index=redis_keys.ledger(key_prefix),
+            entries=redis_keys.ledger_entries(key_prefix),
+            sweep_lock=redis_keys.ledger_sweep_lock(key_prefix),
         )
 
 
@@ -55,19 +59,52 @@ class LedgerEntry:
         return cls(task_id, queue, body, int(sweeps))
 
 
-def record(pipe: Pipeline, keys: LedgerKeys, entries: Iterable[LedgerEntry], now: float) -> None:
+def enqueue(
+    pipe: Pipeline,
+    keys: LedgerKeys,
+    entries: Sequence[LedgerEntry],
+    now: float,
+    *,
+    swept: bool = False,
+) -> None:
+    """Queue on `pipe`, a transaction, each entry's message onto its queue and the entry into the
+    ledger: the one way a task is enqueued, so none is ever queued and not in the ledger.
+
+    The ledger's ZADD is the second command queued (its reply counts the entries new to the
+    ledger); the LPUSHes follow, one per run of entries for the same queue. `swept` entries
+    left their queue and go back to its far end: they take `now` as their score (see `record`).
+    """
+    record(pipe, keys, entries, now, swept=swept)
+    for queue, run in itertools.groupby(entries, key=_queue_of):
+        # LPUSH q a b c leaves them as LPUSH a, b, c would, in one command.
+        pipe.lpush(queue, *(entry.body for entry in run))
+
+
+_queue_of = attrgetter("queue")
+
+
+def record(
+    pipe: Pipeline,
+    keys: LedgerKeys,
+    entries: Iterable[LedgerEntry],
+    now: float,
+    *,
+    swept: bool = False,
+) -> None:
     """Queue the recording of `entries` on `pipe`, in the transaction that enqueues them.
 
     Scores rise by a microsecond per entry, in enqueue order: the sweeper compares them with
     the queue's tail to tell what has left a FIFO queue, so a batch must not tie. A task enqueued
     again (an MQTT redelivery after a bridge crash) keeps its first score: its first copy is
     still in the queue, and a newer score would make every task between the copies look lost.
+    A `swept` task is the exception: it had left its queue, and goes in again at the far end,
+    so it must look as young as it is there, or the tasks ahead of it would all look lost.
     """
     entries = list(entries)
     if entries:
         pipe.hset(keys.entries, mapping={entry.task_id: entry.encode() for entry in entries})
         scores = {entry.task_id: now + i * 1e-6 for i, entry in enumerate(entries)}
-        pipe.zadd(keys.index, scores, nx=True)
+        pipe.zadd(keys.index, scores, nx=not swept)
 
 
 def settle(pipe: Pipeline, keys: LedgerKeys, task_id: str) -> None:

@@ -17,8 +17,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
-from taskhub.settings import get_settings
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
 from taskhub.telemetry.deadletter_log import log_dead_letter
 
 log = logging.getLogger("taskhub.worker")
@@ -58,18 +57,10 @@ def refused_letter(message: Message, reason: Reason, error: BaseException | None
 class RecordingConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, recording every refused message as a dead letter before dropping it."""
 
-    _store: DeadLetterStore | None = None
-
     def _record(self, message: Message, reason: Reason, error: BaseException | None) -> None:
         try:
-            if self._store is None:
-                settings = get_settings()
-                client = redis.Redis.from_url(settings.broker_url.get_secret_value())
-                self._store = DeadLetterStore(
-                    client, settings.key_prefix, settings.bridge.deadletter_maxlen
-                )
             letter = refused_letter(message, reason, error)
-            log_dead_letter(letter, self._store.add(letter))
+            log_dead_letter(letter, deadletter_store().add(letter))
         except redis.RedisError as failure:
             log.error("refused a message and could not dead-letter it: %s", failure)
 

@@ -51,7 +51,7 @@ class Task(celery.Task):  # type: ignore[misc]
         **options: Any,
     ) -> Any:
         """Refuse a bad payload here, in the caller, before anything is sent. The bridge builds
-        its messages itself (bridge/messages.py) and never comes through here."""
+        its messages itself (taskhub/task_messages.py) and never comes through here."""
         check_payload(self, self._payload_argument, args, kwargs)
         return super().apply_async(args, kwargs, *more, **options)
 

@@ -29,7 +29,8 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub import redis_keys
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
 from taskhub.deferral import defer
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
@@ -75,12 +76,6 @@ class WorkerLostTooOften(Exception):
     Celery's `Reject`, so the task shows as FAILURE with this reason."""
 
 
-def losses_key(key_prefix: str, task_id: str, retries: int) -> str:
-    """The count of one delivery chain: a retry is a new run with its own count, so a task that
-    fails and retries is never mistaken for one that kills its worker."""
-    return f"{key_prefix}:worker_losses:{task_id}:{retries}"
-
-
 @contextmanager
 def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
     """Count this start of `task`, run the body inside the block, and clear the count at its end.
@@ -90,7 +85,9 @@ def counted_run(task: Task, args: Any, kwargs: Any) -> Iterator[None]:
     """
     settings = get_settings()
     request = task.request
-    key = losses_key(settings.key_prefix, str(request.id), int(request.retries or 0))
+    # One count per delivery chain: a retry is a new run with its own count, so a task that
+    # fails and retries is never mistaken for one that kills its worker.
+    key = redis_keys.worker_losses(settings.key_prefix, str(request.id), int(request.retries or 0))
     memory = _memory_seconds()
     client = broker_redis()
     try:
@@ -174,9 +171,8 @@ def _dead_letter(
             retries=int(request.retries or 0),
         ),
     )
-    store = DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
     with client.pipeline(transaction=True) as pipe:
-        store.add_to(pipe, letter)
+        deadletter_store().add_to(pipe, letter)
         settle(pipe, LedgerKeys.for_prefix(settings.key_prefix), str(request.id))
         pipe.set(
             key, LETTERED, ex=max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 
+from taskhub import redis_keys
 from taskhub.deferral import Deferred
 from taskhub.settings import HostPolicy, get_settings
 from taskhub.telemetry.worker_metrics import worker_metrics
@@ -34,8 +35,7 @@ _seen: dict[str, tuple[float, float | None, float | None]] = {}
 
 
 def _keys(host: str) -> tuple[str, str, str, str]:
-    base = f"{get_settings().key_prefix}:upstream:{host}"
-    return f"{base}:open_until", f"{base}:failures", f"{base}:probe", f"{base}:paused_until"
+    return redis_keys.upstream(get_settings().key_prefix, host)
 
 
 class Breaker:

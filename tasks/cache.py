@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.settings import get_settings
 from taskhub.telemetry.worker_metrics import worker_metrics
 from tasks.store import store_redis
@@ -27,11 +28,11 @@ STALE_KEPT_SECONDS = 86_400
 
 
 def _key(kind: str, identity: str) -> str:
-    return f"{get_settings().key_prefix}:cache:{kind}:{identity}"
+    return redis_keys.cache(get_settings().key_prefix, kind, identity)
 
 
 def stats_key() -> str:
-    return f"{get_settings().key_prefix}:stats:cache"
+    return redis_keys.cache_stats(get_settings().key_prefix)
 
 
 _pending: Counter[str] = Counter()

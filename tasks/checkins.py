@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.payloads import CheckinTweet
 from taskhub.settings import get_settings
@@ -22,7 +23,7 @@ from tasks import cache, upstream
 from tasks.http import Answer, UpstreamUnreachable
 from tasks.idempotency import Writes, run_once
 from tasks.store import save_effect
-from tasks.upstream import UpstreamUnavailable
+from tasks.upstream import UpstreamTask, UpstreamUnavailable
 
 EFFECT_KIND = "checkin"
 RESOLVED_STREAM_MAXLEN = 1_000_000
@@ -93,12 +94,11 @@ def fetch_venue(venue_id: str, deadline: float) -> dict[str, Any]:
 @app.task(
     bind=True,
     name="tasks.checkins.resolve_checkin",
+    base=UpstreamTask,  # max_retries and retry_backoff_max from settings
     payload_model=CheckinTweet,  # a bad tweet fails in words at .delay() (taskhub/task_payload.py)
     autoretry_for=(UpstreamUnavailable, UpstreamUnreachable),
     retry_backoff=True,
-    retry_backoff_max=int(get_settings().tasks.retry_backoff_max),
     retry_jitter=True,
-    max_retries=get_settings().tasks.max_retries,
 )
 def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) -> dict[str, Any]:
     """Resolve `tweet` to its venue; store it under the tweet's id and announce it, once."""
@@ -136,4 +136,4 @@ def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) 
 
 def resolved_stream() -> str:
     """The stream announcing each resolved check-in once, for whatever consumes them."""
-    return f"{get_settings().key_prefix}:checkins:resolved"
+    return redis_keys.checkins_resolved(get_settings().key_prefix)

@@ -6,9 +6,7 @@ as FAILURE in the result backend and Flower; the letter is what lets an operator
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import traceback
 from typing import Any
 
@@ -17,8 +15,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.signals import task_failure
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
-from taskhub.settings import get_settings
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
 from taskhub.telemetry.deadletter_log import log_dead_letter
 from taskhub.worker_losses import WorkerLostTooOften
 from tasks.ledger import INFRASTRUCTURE_ERRORS
@@ -27,18 +24,6 @@ log = logging.getLogger("taskhub.worker")
 
 TRACEBACK_FRAMES = 8
 TRACEBACK_MAX_CHARS = 4000
-
-
-@functools.cache
-def _store_for(pid: int) -> DeadLetterStore:
-    settings = get_settings()
-    client = redis.Redis.from_url(settings.broker_url.get_secret_value(), socket_timeout=5.0)
-    return DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
-
-
-def deadletter_store() -> DeadLetterStore:
-    """This process's store (dead letters live in the broker's Redis, next to the queues)."""
-    return _store_for(os.getpid())
 
 
 def short_traceback(exception: BaseException) -> str:

@@ -15,6 +15,7 @@ import redis
 from celery.exceptions import Reject
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.settings import get_settings
 from tasks.ledger import settle_after_commit, settle_in_commit
 from tasks.store import UNAVAILABLE, store_redis
@@ -40,11 +41,11 @@ class CommitContended(redis.RedisError):
 
 
 def done_key(identity: str) -> str:
-    return f"{get_settings().key_prefix}:done:{identity}"
+    return redis_keys.done(get_settings().key_prefix, identity)
 
 
 def duplicates_key() -> str:
-    return f"{get_settings().key_prefix}:stats:duplicates_absorbed"
+    return redis_keys.duplicates_absorbed(get_settings().key_prefix)
 
 
 def is_done(identity: str) -> bool:

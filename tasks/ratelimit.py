@@ -19,6 +19,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from taskhub import redis_keys
 from taskhub.deferral import Deferred
 from taskhub.settings import get_settings
 from taskhub.telemetry.worker_metrics import worker_metrics
@@ -34,9 +35,10 @@ class HostRateLimit:
 
     def __init__(self) -> None:
         client = store_redis()
-        prefix = f"{get_settings().key_prefix}:ratelimit"
         storage = RedisStorage(
-            "redis://", connection_pool=client.connection_pool, key_prefix=prefix
+            "redis://",
+            connection_pool=client.connection_pool,
+            key_prefix=redis_keys.rate_limits(get_settings().key_prefix),
         )
         self.limiter = MovingWindowRateLimiter(storage)
         self._gates: dict[str, threading.Lock] = defaultdict(threading.Lock)

@@ -15,6 +15,7 @@ from celery import Task
 from pydantic import ValidationError
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.payloads import SensorReading
 from taskhub.settings import get_settings
@@ -31,7 +32,7 @@ def latest_key(device_id: str) -> str:
 
 def late_readings_key() -> str:
     """Counts readings recorded after a newer one of their device: late, never made latest."""
-    return f"{get_settings().key_prefix}:stats:late_readings"
+    return redis_keys.late_readings(get_settings().key_prefix)
 
 
 def reading_identity(device_id: str, reading: SensorReading) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from taskhub import redis_keys
 from taskhub.settings import get_settings
 from taskhub.worker import shape
 
@@ -39,7 +40,7 @@ def store_redis() -> redis.Redis:
 
 
 def effect_key(kind: str, identity: str) -> str:
-    return f"{get_settings().key_prefix}:{kind}:{identity}"
+    return redis_keys.effect(get_settings().key_prefix, kind, identity)
 
 
 def save_effect(pipe: Pipeline, kind: str, identity: str, document: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from taskhub.deferral import Deferred
 from taskhub.settings import get_settings
+from taskhub.task import Task
 from tasks.breaker import Breaker
 from tasks.http import Answer, UpstreamUnreachable, http_get
 from tasks.ratelimit import host_rate_limit
@@ -21,6 +22,22 @@ MIN_TIMEOUT = 0.05
 
 class UpstreamUnavailable(Exception):
     """An upstream service answered 5xx: worth retrying later (it spends a retry)."""
+
+
+class UpstreamTask(Task):
+    """The base of a task that calls upstream hosts and retries their transient failures:
+    TASKHUB_TASKS__MAX_RETRIES times, backing off at most TASKHUB_TASKS__RETRY_BACKOFF_MAX.
+
+    Read from settings when Celery asks (as it builds the task, and at each retry), not in the
+    decorator: importing a task module must read no settings."""
+
+    @property
+    def max_retries(self) -> int:
+        return get_settings().tasks.max_retries
+
+    @property
+    def retry_backoff_max(self) -> int:
+        return int(get_settings().tasks.retry_backoff_max)
 
 
 def get(url: str, *, deadline: float, headers: dict[str, str] | None = None) -> Answer:

@@ -30,14 +30,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from bridge.messages import deterministic_task_id
-from bridge.sweeper import KOMBU_UNACKED
-from taskhub.deadletters import stream_key
-from taskhub.demo.feed import checkin_tweets
-from taskhub.mqtt import connect_arguments, new_client
-from taskhub.settings import MqttSettings
-from tests.support.isolation import free_port
-from tests.support.processes import (
+from rig.isolation import free_port
+from rig.processes import (
     BRIDGE_READY,
     WORKER_READY,
     Process,
@@ -45,7 +39,12 @@ from tests.support.processes import (
     python_module,
     wait_for,
 )
-from tests.support.servers import MosquittoServer, RedisServer, repo_autosave_changes
+from rig.servers import MosquittoServer, RedisServer, repo_autosave_changes
+from taskhub import redis_keys
+from taskhub.demo.feed import checkin_tweets
+from taskhub.mqtt import connect_arguments, new_client
+from taskhub.settings import MqttSettings
+from taskhub.task_messages import deterministic_task_id
 
 GEVENT, PREFORK = "gevent", "prefork"
 DEFAULT_MESSAGES = 20_000
@@ -478,7 +477,7 @@ def count_effects(client: redis.Redis) -> Counter[int]:
 
 
 def _worker_lost_letters(client: redis.Redis) -> int:
-    letters = client.xrange(stream_key(KEY_PREFIX)) or []
+    letters = client.xrange(redis_keys.deadletters(KEY_PREFIX)) or []
     return sum(1 for _, fields in letters if (fields or {}).get(b"reason") == b"worker_lost")
 
 
@@ -490,7 +489,7 @@ def traced(client: redis.Redis, sequences: set[int]) -> set[int]:
     ledger = {_text(member) for member in client.zrange(f"{KEY_PREFIX}:ledger", 0, -1)}
     letters = [
         _text(value)
-        for _, fields in client.xrange(stream_key(KEY_PREFIX)) or []
+        for _, fields in client.xrange(redis_keys.deadletters(KEY_PREFIX)) or []
         for value in (fields or {}).values()
     ]
 
@@ -566,7 +565,7 @@ def run_chaos(
             idle = (
                 missing <= chaos.acked_before_broker_kill
                 and not any(store.llen(queue) for queue in queues)
-                and not store.hlen(KOMBU_UNACKED)
+                and not store.hlen(redis_keys.KOMBU_UNACKED)
                 and not store.zcard(f"{KEY_PREFIX}:ledger")
             )
             if not idle:

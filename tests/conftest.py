@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from tests.support.isolation import configure_run, release_redis_db
-from tests.support.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
-from tests.support.servers import MosquittoServer, RedisServer
+from rig.isolation import configure_run, release_redis_db
+from rig.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+from rig.servers import MosquittoServer, RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
@@ -25,7 +25,7 @@ _RUN: dict[str, object] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Before any test module imports taskhub: settings are read once per process.
+    # Before any test reads settings (once per process, at first use; importing reads none).
     run_id, db = configure_run()
     _RUN.update(run_id=run_id, db=db)
 
@@ -185,15 +185,17 @@ def publish_checkins(
 
 def stored_checkins(client: redis.Redis, tweet_ids: list[str]) -> int:
     """How many of `tweet_ids` have a stored resolved check-in."""
+    from taskhub import redis_keys
     from taskhub.settings import get_settings
 
     prefix = get_settings().key_prefix
-    keys = [f"{prefix}:checkin:{tweet_id}" for tweet_id in tweet_ids]
+    keys = [redis_keys.effect(prefix, "checkin", tweet_id) for tweet_id in tweet_ids]
     return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
 
 
 def load_checkin(client: redis.Redis, tweet_id: str) -> dict[str, object] | None:
+    from taskhub import redis_keys
     from taskhub.settings import get_settings
 
-    raw = client.get(f"{get_settings().key_prefix}:checkin:{tweet_id}")
+    raw = client.get(redis_keys.effect(get_settings().key_prefix, "checkin", tweet_id))
     return None if raw is None else dict(json.loads(raw))

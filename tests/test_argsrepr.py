@@ -8,7 +8,7 @@ from celery.utils.saferepr import saferepr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.argsrepr import argsrepr
+from taskhub.argsrepr import argsrepr
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60),

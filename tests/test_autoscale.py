@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import Process, start_worker, wait_for
+from taskhub import redis_keys
 from taskhub.demo.standin import StandinServer
-from taskhub.settings import StandinSettings
+from taskhub.settings import StandinSettings, get_settings
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.processes import Process, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,7 @@ def _resizes(worker: Process) -> list[tuple[int, int]]:
 def test_the_pool_grows_within_a_tick_of_a_burst_and_shrinks_back_after_it(
     scaling_worker: Process, broker_redis: redis.Redis
 ) -> None:
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
     from tasks.checkins import resolve_checkin
 
     task = resolve_checkin.name
@@ -80,7 +81,8 @@ def test_the_pool_grows_within_a_tick_of_a_burst_and_shrinks_back_after_it(
     wait_for(lambda: _resizes(scaling_worker)[-1][1] == 2, 30, "the pool to shrink back")
     resizes = _resizes(scaling_worker)
     assert max(after for _, after in resizes) == 100, resizes
-    assert broker_redis.xlen("taskhub:checkins:resolved") == BURST, "a task ran twice"
+    resolved = redis_keys.checkins_resolved(get_settings().key_prefix)
+    assert broker_redis.xlen(resolved) == BURST, "a task ran twice"
     output = scaling_worker.output()
     assert "WorkerLostError" not in output
     assert "Terminated" not in output

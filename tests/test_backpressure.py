@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import BRIDGE_READY, Process, celery, python_module, wait_for
+from rig.servers import MosquittoServer
 from taskhub.settings import get_settings
 from tests.conftest import publish_checkins, stored_checkins
-from tests.support.processes import BRIDGE_READY, Process, celery, python_module, wait_for
-from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
 

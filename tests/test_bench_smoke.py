@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.support.processes import python_module
-from tests.support.servers import repo_autosave_changes
+from rig.processes import python_module
+from rig.servers import repo_autosave_changes
 
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import RedisServer
 from taskhub.settings import get_settings
 from tests.conftest import publish_checkins
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60

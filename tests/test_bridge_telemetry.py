@@ -19,20 +19,20 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.intake import RawMessage
 from bridge.metrics import BulkHistogram
 from bridge.publish_time import from_payload, from_properties, from_raw_properties
 from bridge.state import BridgeState
+from rig.isolation import free_port
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import MosquittoServer
 from taskhub.deadletters import DeadLetterStore
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.settings import get_settings
 from taskhub.telemetry.beats import bridge_beats
 from taskhub.telemetry.deadletter_log import RateLimitedLog
 from taskhub.telemetry.probes import Verdict
 from tests.conftest import checkin_tweet, publish_checkins
-from tests.support.isolation import free_port
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
-from tests.support.servers import MosquittoServer
 
 TIMEOUT = 30
 CHECKINS = 40

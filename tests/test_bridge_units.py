@@ -23,8 +23,6 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
-from bridge.intake import Intake
-from bridge.messages import MessageBuilder
 from bridge.publisher import PublishFailed
 from bridge.service import (
     BACKPRESSURE_POLL_SECONDS,
@@ -32,9 +30,11 @@ from bridge.service import (
     SWEEP_INTERVAL_SECONDS,
     Bridge,
 )
+from taskhub.intake import Intake
 from taskhub.payloads import Payload
 from taskhub.routes import Route, RouteTable
 from taskhub.settings import BridgeSettings
+from taskhub.task_messages import MessageBuilder
 from taskhub.topics import TopicPattern
 from tests.fakes.clock import FakeClock
 from tests.fakes.housekeeping import FakeBeats, FakePresence, FakeSweep

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from rig.broker_crash import publish_then_crash
+from rig.processes import wait_for
+from rig.servers import MosquittoServer, repo_autosave_changes
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
-from tests.support.broker_crash import publish_then_crash
-from tests.support.processes import wait_for
-from tests.support.servers import MosquittoServer, repo_autosave_changes
 
 QUEUED = 1500
 """More than Mosquitto's default max_queued_messages, which drops the rest."""

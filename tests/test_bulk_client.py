@@ -18,10 +18,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.bulk_client import READ_CHUNK_BYTES, BulkClient, decode_properties
+from rig.processes import wait_for
+from rig.servers import MosquittoServer
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttProtocol, MqttSettings
-from tests.support.processes import wait_for
-from tests.support.servers import MosquittoServer
 
 Seen = tuple[str, bytes, int, dict[str, Any]]
 WAIT_SECONDS = 30.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import redis
 
+from rig.processes import wait_for
 from taskhub.demo.standin import StandinServer
 from taskhub.demo.venues import venue_for_code
 from tests.conftest import checkin_tweet, load_checkin
-from tests.support.processes import wait_for
 
 TIMEOUT = 30
 

@@ -18,7 +18,16 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from bridge.intake import RawMessage
+from rig.isolation import free_port
+from rig.processes import (
+    BRIDGE_READY,
+    WORKER_READY,
+    Process,
+    celery,
+    python_module,
+    wait_for,
+)
+from taskhub import redis_keys
 from taskhub.deadletters import (
     DeadLetter,
     DeadLetterStore,
@@ -27,19 +36,11 @@ from taskhub.deadletters import (
     Reason,
 )
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.redaction import redact
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
-from tests.support.isolation import free_port
-from tests.support.processes import (
-    BRIDGE_READY,
-    WORKER_READY,
-    Process,
-    celery,
-    python_module,
-    wait_for,
-)
 
 FIXED_ROUTES = "tests.support.fixed_routes:ROUTES"
 
@@ -161,7 +162,7 @@ def letters_of_every_kind(
     publish(get_settings().mqtt, messages, rate=0, total=len(messages), show_progress=False)
     store = _store(broker_redis)
     wait_for(lambda: len(store) >= 6, 30, "six dead letters")
-    key = f"{get_settings().key_prefix}:reading:dev-1"
+    key = redis_keys.effect(get_settings().key_prefix, "reading", "dev-1")
     wait_for(lambda: broker_redis.exists(key) == 1, 30, "the valid reading to be stored")
     yield store
     assert bridge.popen is not None
@@ -244,7 +245,7 @@ def test_replaying_one_letter_twice_runs_its_task_once(
         "deadletter", "replay", first, second, env={"TASKHUB_ROUTES": FIXED_ROUTES}
     )
     assert "replay: enqueued=2" in replayed
-    duplicates = f"{get_settings().key_prefix}:stats:duplicates_absorbed"
+    duplicates = redis_keys.duplicates_absorbed(get_settings().key_prefix)
     wait_for(
         lambda: broker_redis.hget(duplicates, "tasks.sensors.record_reading") == b"1",
         30,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from rig.servers import MosquittoServer
 from tests.support.credentials import mosquitto_password_file
-from tests.support.servers import MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {"standin", "worker", "bridge", "flower"}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
 from taskhub.settings import get_settings, load_settings
 from tests.conftest import load_checkin, publish_checkins, stored_checkins
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
 
 pytestmark = pytest.mark.e2e
 

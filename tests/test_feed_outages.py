@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 import redis
 
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import MosquittoServer
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings, get_settings
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
-from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
 

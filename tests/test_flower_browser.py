@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from rig.processes import WORKER_READY, Process, celery, wait_for
 from tests.conftest import checkin_tweet
 from tests.support.browser import details, rendered_dom, table_rows
 from tests.support.flower import Flower
-from tests.support.processes import WORKER_READY, Process, celery, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from rig.processes import WORKER_READY, Process, celery, wait_for
 from tests.support.flower import Flower
-from tests.support.processes import WORKER_READY, Process, celery, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.intake import Intake, RawMessage
-from bridge.messages import MessageBuilder, TaskCall
 from taskhub.deadletters import DeadLetter, Reason
+from taskhub.intake import Intake, RawMessage
 from taskhub.routes import SAFE_PARAMETER, route_table
+from taskhub.task_messages import MessageBuilder, TaskCall
 
 CASES_PER_TEST = 3_400
 MIN_CASES = 10_000

@@ -9,9 +9,9 @@ import pytest
 import redis
 from redis.client import Pipeline
 
+from rig.processes import wait_for
+from rig.servers import RedisServer
 from tests.conftest import checkin_tweet, load_checkin
-from tests.support.processes import wait_for
-from tests.support.servers import RedisServer
 
 if TYPE_CHECKING:
     from tasks.idempotency import Writes

@@ -10,18 +10,19 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
-from bridge.sweeper import KOMBU_UNACKED, MAX_SWEEPS, SCAN_LIMIT, SWEEP_BATCH, Sweeper
-from taskhub.deadletters import stream_key
+from bridge.sweeper import MAX_SWEEPS, SCAN_LIMIT, SWEEP_BATCH, Sweeper
+from rig.processes import start_worker as start_worker_process
+from rig.processes import wait_for
+from rig.servers import RedisServer
+from taskhub import redis_keys
+from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStore
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.processes import start_worker as start_worker_process
-from tests.support.processes import wait_for
-from tests.support.servers import RedisServer
 
 TASK = "tasks.checkins.resolve_checkin"
 
@@ -48,8 +49,12 @@ def _pop(client: redis.Redis) -> bytes:
     return raw
 
 
-def _sweeper(client: redis.Redis, keys: LedgerKeys) -> Sweeper:
-    return Sweeper(client, keys, ["checkins"], grace=0, deadletter_stream="dead")
+def _letters(client: redis.Redis, maxlen: int = DEFAULT_MAXLEN) -> DeadLetterStore:
+    return DeadLetterStore(client, get_settings().key_prefix, maxlen)
+
+
+def _sweeper(client: redis.Redis, keys: LedgerKeys, maxlen: int = DEFAULT_MAXLEN) -> Sweeper:
+    return Sweeper(client, keys, ["checkins"], grace=0, letters=_letters(client, maxlen))
 
 
 def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(
@@ -63,7 +68,7 @@ def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(
     assert json.loads(_pop(broker_redis))["headers"]["id"] == lost.task_id
     held_raw = _pop(broker_redis)
     held_tag = json.loads(held_raw)["properties"]["delivery_tag"]
-    broker_redis.hset(KOMBU_UNACKED, held_tag, held_raw)
+    broker_redis.hset(redis_keys.KOMBU_UNACKED, held_tag, held_raw)
 
     assert _sweeper(broker_redis, keys).sweep() == 1
     ids = [json.loads(raw)["headers"]["id"] for raw in broker_redis.lrange("checkins", 0, -1)]
@@ -86,7 +91,7 @@ def test_a_task_that_never_completes_is_dead_lettered_after_max_sweeps(
     broker_redis.rpop("checkins")
     assert sweeper.sweep(now=time.time() + 1) == 0
     assert broker_redis.zcard(keys.index) == 0
-    entries = broker_redis.xrange("dead") or []
+    entries = broker_redis.xrange(_letters(broker_redis).key) or []
     assert [(fields or {}).get(b"reason") for _, fields in entries] == [b"never_completed"]
 
 
@@ -96,8 +101,8 @@ def test_a_completed_task_is_settled(
     keys: LedgerKeys,
     standin: StandinServer,
 ) -> None:
+    from rig.processes import wait_for
     from taskhub.celery import app
-    from tests.support.processes import wait_for
 
     publisher.land([_outbound("805")])
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
@@ -196,7 +201,9 @@ def test_with_the_store_on_another_redis_every_task_settles_once_and_nothing_is_
         worker.kill()
     assert broker_redis.hlen(keys.entries) == 0
     assert _sweeper(broker_redis, keys).sweep(now=time.time() + 3600) == 0
-    assert broker_redis.xlen(stream_key(get_settings().key_prefix)) == 0, "no dead letters"
+    assert broker_redis.xlen(redis_keys.deadletters(get_settings().key_prefix)) == 0, (
+        "no dead letters"
+    )
     assert store.xlen(resolved_stream()) == 3, "each effect once"
     assert stored_checkins(broker_redis, tweet_ids) == 0, "effects only in the store"
 
@@ -238,18 +245,33 @@ def test_entries_of_a_queue_no_route_names_are_dead_lettered_and_hide_no_lost_ta
 
     assert _sweeper(broker_redis, keys).sweep(now=time.time() + 60) == 1
     assert _queued_ids(broker_redis) == [lost.task_id]
-    letters = broker_redis.xrange("dead") or []
+    letters = broker_redis.xrange(_letters(broker_redis).key) or []
     assert {(fields or {}).get(b"reason") for _, fields in letters} == {b"unknown_queue"}
     assert len(letters) == SWEEP_BATCH
     assert broker_redis.zrange(keys.index, 0, -1) == [lost.task_id.encode()]
 
 
+def test_the_sweepers_dead_letters_keep_to_the_configured_cap(
+    broker_redis: redis.Redis, keys: LedgerKeys
+) -> None:
+    retired = [_outbound(str(20_000 + n), queue="retired") for n in range(SWEEP_BATCH)]
+    with broker_redis.pipeline() as pipe:
+        entries = [LedgerEntry(item.task_id, "retired", item.body) for item in retired]
+        record(pipe, keys, entries, now=time.time() - 600)
+        pipe.execute()
+
+    _sweeper(broker_redis, keys, maxlen=100).sweep(now=time.time() + 60)
+
+    assert broker_redis.hlen(keys.entries) == 0, "every entry dead-lettered"
+    # Trimmed approximately (whole stream nodes of 100 entries), so a little over the cap.
+    assert len(_letters(broker_redis)) <= 200, "TASKHUB_BRIDGE__DEADLETTER_MAXLEN ignored"
+
+
 def _two_queues(keys: LedgerKeys, scan_limit: int = SCAN_LIMIT) -> tuple[RedisPublisher, Sweeper]:
     url = get_settings().broker_url.get_secret_value()
     queues = ["checkins", "sensors"]
-    sweeper = Sweeper(
-        redis.Redis.from_url(url), keys, queues, 0, deadletter_stream="dead", scan_limit=scan_limit
-    )
+    client = redis.Redis.from_url(url)
+    sweeper = Sweeper(client, keys, queues, 0, _letters(client), scan_limit=scan_limit)
     return RedisPublisher(url, queues, keys), sweeper
 
 

@@ -26,10 +26,7 @@ import redis
 import yaml
 from pydantic import SecretStr
 
-from taskhub.mqtt import connect_arguments, new_client
-from taskhub.settings import MqttSettings, get_settings, known_variables
-from tests.conftest import publish_checkins
-from tests.support.compose import (
+from rig.compose import (
     COMPOSE_FILE,
     MissingVariable,
     compose_file,
@@ -37,12 +34,15 @@ from tests.support.compose import (
     resolved,
     service,
 )
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
-from tests.support.servers import (
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import (
     REPO_MOSQUITTO_CONF,
     ConfiguredRedisServer,
     MosquittoServer,
 )
+from taskhub.mqtt import connect_arguments, new_client
+from taskhub.settings import MqttSettings, get_settings, known_variables
+from tests.conftest import publish_checkins
 
 ROOT = COMPOSE_FILE.parent
 SECRETS = {

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-from bridge.intake import RawMessage
+from rig.processes import Process, wait_for
 from taskhub.deadletters import DeadLetterStore, Reason
 from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.processes import Process, wait_for
 
 VALID = 300
 MALFORMED = 1_000

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import redis
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from taskhub.celery import app
 from taskhub.deferral import SENT_AT_HEADER
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 
 # Differ by sender or by delivery, not by meaning.
 PER_SENDER = {"origin", SENT_AT_HEADER}
@@ -77,7 +77,7 @@ def test_task_ids_are_deterministic_per_task_and_identity() -> None:
 def test_the_fast_uuids_are_the_standard_ones() -> None:
     import uuid
 
-    from bridge.messages import TASK_ID_NAMESPACE, random_uuid
+    from taskhub.task_messages import TASK_ID_NAMESPACE, random_uuid
 
     for identity in ("1", "é", "x" * 300, ""):
         expected = str(uuid.uuid5(TASK_ID_NAMESPACE, f"tasks.a.b\x00{identity}"))

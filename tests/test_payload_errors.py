@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis
 
+from rig.processes import wait_for
 from taskhub.deadletters import DeadLetterStore, Reason
 from taskhub.payloads import InvalidPayload
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
-from tests.support.processes import wait_for
 
 TIMEOUT = 30
 NO_LINK = r"tasks\.checkins\.resolve_checkin: tweet\.text: text carries no 4sq\.com short link"

@@ -13,15 +13,15 @@ import pytest
 import redis
 import yaml
 
-from taskhub.routes import route_table
-from tests.support.isolation import free_port
-from tests.support.processes import (
+from rig.isolation import free_port
+from rig.processes import (
     BRIDGE_READY,
     Process,
     python_module,
     start_worker,
     wait_for,
 )
+from taskhub.routes import route_table
 from tests.support.prometheus import PrometheusServer, config_scraping
 
 pytestmark = pytest.mark.e2e

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
+from rig.isolation import free_port
+from rig.processes import WORKER_READY, Process, celery, python_module, wait_for
 from taskhub import redaction
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import RedactingFilter, redact, redact_document, redact_logs
 from taskhub.settings import get_settings, load_settings
-from tests.support.isolation import free_port
-from tests.support.processes import WORKER_READY, Process, celery, python_module, wait_for
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.support.url_error_routes import URL_ERRORS_QUEUE
 
 SECRET = "s3cretPW"  # noqa: S105  (made up, for the tests to look for)

@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from taskhub.settings import get_settings
-from tests.conftest import checkin_tweet, publish_checkins, stored_checkins
-from tests.support.processes import (
+from rig.processes import (
     BRIDGE_READY,
     WORKER_READY,
     Process,
@@ -23,7 +21,10 @@ from tests.support.processes import (
     start_worker,
     wait_for,
 )
-from tests.support.servers import MosquittoServer, RedisServer
+from rig.servers import MosquittoServer, RedisServer
+from taskhub import redis_keys
+from taskhub.settings import get_settings
+from tests.conftest import checkin_tweet, publish_checkins, stored_checkins
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
@@ -104,7 +105,7 @@ def test_bridge_pauses_before_redis_refuses_and_lands_everything_once_memory_is_
 ) -> None:
     client = redis.Redis.from_url(full_redis.url)
     filler = fill(client, 0.75)
-    ledger = f"{get_settings().key_prefix}:ledger"
+    ledger = redis_keys.ledger(get_settings().key_prefix)
     total = 3000  # about 3 KB each in Redis (task and ledger entry): past maxmemory unpaused
     bridge = Process(
         "bridge",

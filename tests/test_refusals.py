@@ -11,10 +11,11 @@ from pathlib import Path
 
 import redis
 
-from bridge.messages import MessageBuilder, TaskCall
+from rig.processes import Process, wait_for
+from taskhub import redis_keys
 from taskhub.deadletters import DeadLetterStore, Reason
 from taskhub.settings import get_settings
-from tests.support.processes import Process, wait_for
+from taskhub.task_messages import MessageBuilder, TaskCall
 
 
 class _Payload:
@@ -56,7 +57,7 @@ def test_a_pickled_message_pushed_into_a_queue_is_refused_recorded_and_never_run
 
     key_prefix = get_settings().key_prefix
     wait_for(
-        lambda: broker_redis.exists(f"{key_prefix}:reading:honest") == 1,
+        lambda: broker_redis.exists(redis_keys.effect(key_prefix, "reading", "honest")) == 1,
         30,
         "the valid task after the hostile one to run",
     )
@@ -69,7 +70,7 @@ def test_a_pickled_message_pushed_into_a_queue_is_refused_recorded_and_never_run
     assert "application/x-python-serialize" in letter.detail
     assert not letter.replayable
     assert not marker.exists()
-    assert broker_redis.exists(f"{key_prefix}:reading:attacker") == 0
+    assert broker_redis.exists(redis_keys.effect(key_prefix, "reading", "attacker")) == 0
     assert "dead-lettered" in worker.output()
 
 

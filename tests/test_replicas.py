@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from bridge.replicas import HEARTBEAT_SECONDS, LEASE_SECONDS
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import MosquittoServer
 from taskhub.settings import get_settings
 from tests.conftest import publish_checkins
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
 from tests.support.queues import queued_tweet_ids
-from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.servers import MosquittoServer
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttProtocol, get_settings
 from tests.conftest import checkin_tweet
-from tests.support.processes import BRIDGE_READY, Process, python_module, wait_for
 from tests.support.queues import queued_tweet_ids
-from tests.support.servers import MosquittoServer
 
 pytestmark = pytest.mark.e2e
 

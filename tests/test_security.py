@@ -15,12 +15,8 @@ import httpx
 import pytest
 import redis
 
-from bridge.intake import RawMessage
-from taskhub.demo.feed import publish
-from taskhub.settings import MqttSettings, get_settings
-from tests.support.credentials import mosquitto_password_file, server_certificate
-from tests.support.isolation import free_port
-from tests.support.processes import (
+from rig.isolation import free_port
+from rig.processes import (
     BRIDGE_READY,
     WORKER_READY,
     Process,
@@ -28,7 +24,11 @@ from tests.support.processes import (
     python_module,
     wait_for,
 )
-from tests.support.servers import MosquittoServer, RedisServer
+from rig.servers import MosquittoServer, RedisServer
+from taskhub.demo.feed import publish
+from taskhub.intake import RawMessage
+from taskhub.settings import MqttSettings, get_settings
+from tests.support.credentials import mosquitto_password_file, server_certificate
 
 MQTT_USER = "bridge"
 MQTT_PASSWORD = secrets.token_urlsafe(12)

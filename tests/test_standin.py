@@ -19,11 +19,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from rig.processes import wait_for
 from taskhub.demo.feed import checkin_tweets
 from taskhub.demo.standin import SlidingWindowLimit, StandinServer
 from taskhub.demo.venues import venue_for_code
 from taskhub.settings import StandinSettings
-from tests.support.processes import wait_for
 
 TIMEOUT = 10.0
 CODE = "AbCd123"

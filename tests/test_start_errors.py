@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import celery, python_module
+from rig.processes import celery, python_module
 
 BAD = "tests.support.bad_routes"
 

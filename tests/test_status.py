@@ -12,11 +12,11 @@ import time
 import pytest
 import redis
 
+from rig.processes import wait_for
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.settings import get_settings
 from taskhub.telemetry.beats import WorkerBeat, record_beat
 from tests.conftest import checkin_tweet
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.e2e
 

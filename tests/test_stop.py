@@ -18,9 +18,9 @@ import pytest
 import redis
 from honcho.manager import KILL_WAIT
 
+from rig.isolation import free_port
+from rig.processes import Process, python_module, start_worker, wait_for
 from tests.support.honcho import Honcho, stop_lines
-from tests.support.isolation import free_port
-from tests.support.processes import Process, python_module, start_worker, wait_for
 from tests.support.queues import queued_tweet_ids
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Queue
 
-from tests.support.servers import RedisServer
+from rig.servers import RedisServer
 
 TRANSPORT = "taskhub.transport:Transport"
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.processes import Process, start_worker, wait_for
+from taskhub import redis_keys
 from taskhub.demo.standin import StandinServer
-from taskhub.settings import StandinSettings
+from taskhub.settings import StandinSettings, get_settings
 from tests.conftest import checkin_tweet, load_checkin
-from tests.support.processes import Process, start_worker, wait_for
 
 TIMEOUT = 90
 LIMIT = 20
@@ -114,7 +115,7 @@ def test_an_open_breaker_holds_every_worker_off_and_loses_nothing(
     # Without the breaker each of the 40 tasks would fail up to 5 times (200 answers of 503);
     # with it, the threshold's few, then one probe per cool-down.
     assert failed <= 15, f"{failed} requests hit the failing host"
-    letters = broker_redis.xlen("taskhub:deadletters")
+    letters = broker_redis.xlen(redis_keys.deadletters(get_settings().key_prefix))
     assert letters == 0, "a task was dead-lettered while the breaker was open"
     retries = [int(str((load_checkin(broker_redis, i) or {})["retries"])) for i in ids]
     # A retry is spent by a request that failed, never by waiting out the open breaker.
@@ -135,7 +136,8 @@ def test_a_repeated_short_link_is_served_from_the_cache(
 
     assert upstream.stats["shortlink"]["requests"] == 1
     assert upstream.stats["venue"]["requests"] == 1
-    counts = {_text(k): int(v) for k, v in broker_redis.hgetall("taskhub:stats:cache").items()}
+    stats = broker_redis.hgetall(redis_keys.cache_stats(get_settings().key_prefix))
+    counts = {_text(k): int(v) for k, v in stats.items()}
     assert counts["shortlink:hit"] == 5
     assert counts["venue:hit"] == 5
     assert counts["shortlink:miss"] == counts["venue:miss"] == 1

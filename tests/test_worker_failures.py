@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from rig.isolation import free_port
+from rig.processes import WORKER_READY, Process, celery, python_module, wait_for
 from tests.conftest import checkin_tweet, load_checkin
-from tests.support.isolation import free_port
-from tests.support.processes import WORKER_READY, Process, celery, python_module, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -189,8 +189,8 @@ def test_redis_killed_while_tasks_run_loses_none_of_them(
     """Celery would revoke and ack running tasks on a lost connection; taskhub turns that off."""
     import json
 
-    from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
-    from tests.support.servers import RedisServer
+    from rig.servers import RedisServer
+    from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 
     server = RedisServer(tmp_path / "redis")
     server.start()

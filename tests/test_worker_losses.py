@@ -13,17 +13,18 @@ import pytest
 import redis
 from celery.exceptions import Reject
 
-from bridge.messages import MessageBuilder, TaskCall, deterministic_task_id
 from bridge.outbound import Outbound
 from bridge.publisher import RedisPublisher
-from bridge.sweeper import KOMBU_UNACKED
+from rig.processes import WORKER_READY, Process, celery, wait_for
+from rig.servers import RedisServer
+from taskhub import redis_keys
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
 from taskhub.ledger import LedgerKeys
+from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.settings import get_settings
+from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.support.poison_routes import POISON_QUEUE
 from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
-from tests.support.processes import WORKER_READY, Process, celery, wait_for
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -331,9 +332,9 @@ def test_a_copy_of_a_task_already_dead_lettered_is_dropped_unrun_without_a_secon
 ) -> None:
     """A sweep and a visibility restore can both bring a lost task back: the copy that comes
     after the letter must neither run (it would kill N more workers) nor write another letter."""
-    from taskhub.worker_losses import LETTERED, losses_key
+    from taskhub.worker_losses import LETTERED
 
-    broker_redis.set(losses_key(get_settings().key_prefix, "copied-1", 0), LETTERED)
+    broker_redis.set(redis_keys.worker_losses(get_settings().key_prefix, "copied-1", 0), LETTERED)
     assert _refused_start(KILL, "copied-1").requeue is False
     assert _letters(broker_redis) == []
 
@@ -341,15 +342,15 @@ def test_a_copy_of_a_task_already_dead_lettered_is_dropped_unrun_without_a_secon
 def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
     broker_redis: redis.Redis,
 ) -> None:
-    from bridge.replay import Replayer
+    from taskhub.deadletter_replay import Replayer
     from taskhub.deadletters import FailedTask
     from taskhub.routes import RouteTable
-    from taskhub.worker_losses import LETTERED, losses_key
+    from taskhub.worker_losses import LETTERED
     from tests.support import poison_routes
 
     settings = get_settings()
     task_id = deterministic_task_id(KILL, "replayed")
-    key = losses_key(settings.key_prefix, task_id, 0)
+    key = redis_keys.worker_losses(settings.key_prefix, task_id, 0)
     broker_redis.set(key, LETTERED)
     store = DeadLetterStore(broker_redis, settings.key_prefix)
     failed = FailedTask(KILL, task_id, POISON_QUEUE, [{}], {"kind": "x"}, "WorkerLostTooOften")

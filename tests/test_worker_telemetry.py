@@ -20,14 +20,15 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from rig.isolation import free_port
+from rig.processes import Process, start_worker, wait_for
+from rig.servers import RedisServer
+from taskhub import redis_keys
 from taskhub.settings import get_settings
 from taskhub.task_log import ShortSuccessLine
-from taskhub.telemetry.beats import beat_key, worker_beats
+from taskhub.telemetry.beats import worker_beats
 from taskhub.telemetry.progress import ConsumerProgress, FinishedRate
 from tests.conftest import checkin_tweet, stored_checkins
-from tests.support.isolation import free_port
-from tests.support.processes import Process, start_worker, wait_for
-from tests.support.servers import RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
@@ -160,7 +161,7 @@ def test_worker_metrics_count_what_ran_in_every_process(
             os.path.join(tempfile.gettempdir(), f"taskhub-metrics-{worker.pid}-*")
         )
         assert not leftovers, "the prefork worker left its metrics directory behind"
-        assert not broker_redis.exists(beat_key(prefix, "worker", beat.hostname)), (
+        assert not broker_redis.exists(redis_keys.beat(prefix, "worker", beat.hostname)), (
             "a worker that stopped cleanly is still listed"
         )
     success_lines = [line for line in worker.output().splitlines() if "succeeded in" in line]

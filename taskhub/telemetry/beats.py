@@ -13,6 +13,8 @@ from typing import Literal
 import redis
 from pydantic import BaseModel
 
+from taskhub import redis_keys
+
 Role = Literal["bridge", "worker"]
 
 MISSED_BEATS = 5
@@ -62,27 +64,23 @@ class WorkerBeat(BaseModel):
 Beat = BridgeBeat | WorkerBeat
 
 
-def beat_key(key_prefix: str, role: Role, name: str) -> str:
-    return f"{key_prefix}:telemetry:{role}:{name}"
-
-
 def record_beat(
     client: redis.Redis, key_prefix: str, role: Role, name: str, beat: Beat, interval: float
 ) -> None:
     ttl = max(1, math.ceil(interval * MISSED_BEATS))
-    client.set(beat_key(key_prefix, role, name), beat.model_dump_json(), ex=ttl)
+    client.set(redis_keys.beat(key_prefix, role, name), beat.model_dump_json(), ex=ttl)
 
 
 def forget_beat(client: redis.Redis, key_prefix: str, role: Role, name: str) -> None:
     """A process that stops cleanly leaves the list at once."""
-    client.delete(beat_key(key_prefix, role, name))
+    client.delete(redis_keys.beat(key_prefix, role, name))
 
 
 def _read(client: redis.Redis, key_prefix: str, role: Role) -> list[dict[str, object]]:
-    keys = sorted(client.scan_iter(match=beat_key(key_prefix, role, "*"), count=500))
-    if not keys:
+    found = sorted(client.scan_iter(match=redis_keys.beat(key_prefix, role, "*"), count=500))
+    if not found:
         return []
-    return [json.loads(raw) for raw in client.mget(keys) if raw is not None]
+    return [json.loads(raw) for raw in client.mget(found) if raw is not None]
 
 
 def bridge_beats(client: redis.Redis, key_prefix: str) -> list[BridgeBeat]:

@@ -14,15 +14,10 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from taskhub import redis_keys
 from taskhub.deadletters import DeadLetterStore
 from taskhub.deferral import sent_at_of
 from taskhub.telemetry.beats import WorkerBeat, worker_beats
-
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
-"""kombu's Redis transport keeps priorities other than 0 in lists named queue + SEP + step."""
-UNACKED_KEY = "unacked"
-"""kombu's hash of tasks delivered to a worker and not yet acked (its `unacked_key`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +33,6 @@ class QueueState:
     @property
     def depth(self) -> int:
         return self.waiting + self.unacked
-
-
-def sub_queues(queue: str) -> list[str]:
-    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
 def list_tails(client: redis.Redis, names: Sequence[str]) -> list[tuple[int, float | None]]:
@@ -71,8 +62,10 @@ def read_queues(
     now: float | None = None,
 ) -> list[QueueState]:
     """Every queue in `queues`, as Redis holds it now."""
-    per_queue = len(sub_queues(""))
-    tails = list_tails(client, [name for queue in queues for name in sub_queues(queue)])
+    per_queue = len(redis_keys.kombu_priority_lists(""))
+    tails = list_tails(
+        client, [name for queue in queues for name in redis_keys.kombu_priority_lists(queue)]
+    )
     unacked = unacked_by_queue(client)
     ready = [beat for beat in workers if beat.ready]
     now = time.time() if now is None else now
@@ -95,7 +88,7 @@ def unacked_by_queue(client: redis.Redis) -> Counter[str]:
     """How many unacked tasks each queue has. kombu stores each as JSON `[message, exchange,
     routing_key]`; the routing key (the queue, on the default exchange) is read off its end."""
     counts: Counter[str] = Counter()
-    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+    for _, raw in client.hscan_iter(redis_keys.KOMBU_UNACKED, count=1000):
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         counts[text.rstrip().removesuffix("]").rsplit('"', 2)[-2]] += 1
     return counts

@@ -4,6 +4,6 @@ clock. Each keeps what it was given for assertions and fails on demand, so a uni
 every branch of the loop without a server, a process or a sleep.
 
 They live with the tests, not in `taskhub/`: they stand in for the bridge's own internals, which
-a user writing a route table never drives (`bridge.intake.Intake.judge` is what tests a route),
+a user writing a route table never drives (`taskhub.intake.Intake.judge` is what tests a route),
 and `taskhub/` must not depend on `bridge/`.
 """

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.intake import RawMessage
 from bridge.source import Received
+from taskhub.intake import RawMessage
 from tests.fakes.clock import FakeClock
 
 

@@ -1,1 +1,2 @@
-"""Test helpers: isolation on the shared servers, and real processes to start and kill."""
+"""Test-only pieces: route tables, tasks and readers the tests load (servers and processes are in
+rig/, shared with the benchmarks)."""

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.isolation import free_port
-from tests.support.processes import Process, celery, wait_for
+from rig.isolation import free_port
+from rig.processes import Process, celery, wait_for
 
 FLOWER_CONFIG = Path(__file__).resolve().parents[2] / "flowerconfig.py"
 FLOWER_STARTED = "Visit me at"

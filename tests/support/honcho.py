@@ -14,8 +14,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.isolation import free_port
-from tests.support.processes import wait_for
+from rig.isolation import free_port
+from rig.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CTRL_C = b"\x03"

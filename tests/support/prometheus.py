@@ -12,8 +12,8 @@ from typing import Any
 import urllib3
 import yaml
 
-from tests.support.isolation import free_port
-from tests.support.processes import Process, wait_for
+from rig.isolation import free_port
+from rig.processes import Process, wait_for
 
 DEPLOYED_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus.yml"
 SCRAPE_INTERVAL = "1s"

@@ -1,6 +1,7 @@
 """From a raw MQTT message to a task call or a dead letter: size, decode, route, validate.
 
-Nothing here raises on bad input; every message gets exactly one verdict.
+Nothing here raises on bad input; every message gets exactly one verdict. The bridge judges each
+message it reads here, and `taskhub deadletter replay` judges a refused one again the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.messages import TaskCall, deterministic_task_id
 from taskhub.deadletters import DeadLetter, Reason
 from taskhub.routes import RouteTable
+from taskhub.task_messages import TaskCall, deterministic_task_id
 
 
 @dataclass(frozen=True, slots=True)

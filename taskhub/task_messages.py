@@ -2,7 +2,8 @@
 
 Celery's own `send_task` spends most of its time per message in machinery the bridge does not need;
 building the same JSON here lets a whole batch go to Redis in one pipeline. A test compares these
-messages with the ones `apply_async` writes, so the two cannot drift apart.
+messages with the ones `apply_async` writes, so the two cannot drift apart. Dead-letter replay
+builds its messages here too, so a replayed task is the message the bridge would have sent.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from bridge.argsrepr import argsrepr
+from taskhub.argsrepr import argsrepr
 from taskhub.deferral import SENT_AT_HEADER
 
 ARGSREPR_MAX = 1024

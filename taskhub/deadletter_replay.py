@@ -1,5 +1,6 @@
-"""Replaying dead letters: each is judged again by today's routes and models, and what passes is
-enqueued, with its ledger entry, in the same transaction that removes the letter.
+"""Replaying dead letters (`taskhub deadletter replay`): each is judged again by today's routes and
+models, as the bridge judges a message, and what passes is enqueued, with its ledger entry, in the
+same transaction that removes the letter.
 
 Replay is idempotent with the rest of the system: a message letter yields the task id the bridge
 would have given it, and a task letter keeps its task id, so a copy that ran already (or a second
@@ -14,14 +15,14 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from bridge.intake import Intake, RawMessage, first_error
-from bridge.messages import MessageBuilder, TaskCall
+from taskhub import redis_keys
 from taskhub.celery import app
 from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
-from taskhub.ledger import LedgerEntry, LedgerKeys, record
+from taskhub.intake import Intake, RawMessage, first_error
+from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
 from taskhub.routes import RouteTable
 from taskhub.settings import Settings
-from taskhub.worker_losses import losses_key
+from taskhub.task_messages import MessageBuilder, TaskCall
 
 CHUNK = 200
 
@@ -118,19 +119,16 @@ class Replayer:
         enqueued."""
         if dry_run or not ready:
             return
-        bodies = [(call, self.builder.build(call)) for _, call in ready]
+        entries = [
+            LedgerEntry(call.task_id, call.queue, self.builder.build(call)) for _, call in ready
+        ]
         with self.store.redis.pipeline(transaction=True) as pipe:
-            record(
-                pipe,
-                self.ledger,
-                (LedgerEntry(call.task_id, call.queue, body) for call, body in bodies),
-                time.time(),
-            )
-            for call, body in bodies:
-                pipe.lpush(call.queue, body)
+            enqueue(pipe, self.ledger, entries, time.time())
             for letter, call in ready:  # a replayed task starts with no worker losses
                 if letter.reason is Reason.WORKER_LOST and letter.task is not None:
                     for retries in range(letter.task.retries + 1):
-                        pipe.delete(losses_key(self.store.key_prefix, call.task_id, retries))
+                        pipe.delete(
+                            redis_keys.worker_losses(self.store.key_prefix, call.task_id, retries)
+                        )
             pipe.xdel(self.store.key, *(letter.id for letter, _ in ready))
             pipe.execute()

@@ -1,5 +1,5 @@
-"""Giving each test run its own Redis database, topic prefix and MQTT client ids on the shared
-servers, so runs on one machine never see each other's data.
+"""Giving each test or benchmark run its own Redis database, topic prefix and MQTT client ids on
+the shared servers, so runs on one machine never see each other's data.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Real taskhub processes for end-to-end tests: started with this run's settings, their output in
-a log file, readiness awaited on what they print, and killed or stopped on demand.
+"""Real taskhub processes for end-to-end tests and benchmarks: started with this run's settings,
+their output in a log file, readiness awaited on what they print, and killed or stopped on demand.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Private Redis and Mosquitto servers on spare loopback ports, for tests that kill and restart
-them without touching the shared ones.
+"""Private Redis and Mosquitto servers on spare loopback ports, for tests and benchmarks that kill
+and restart them (or configure them their own way) without touching the shared ones.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.isolation import free_port
-from tests.support.processes import wait_for
+from rig.isolation import free_port
+from rig.processes import wait_for
 
 START_TIMEOUT = 15
 
@@ -125,7 +125,7 @@ class ConfiguredRedisServer(_Server):
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
 
-REPO_MOSQUITTO_CONF = Path(__file__).resolve().parents[2] / "scripts" / "mosquitto.conf"
+REPO_MOSQUITTO_CONF = Path(__file__).resolve().parents[1] / "scripts" / "mosquitto.conf"
 REPO_USERS_FILE = "/mosquitto/auth/passwords"
 """Where the repo's config reads its users from (docker-compose.yml fills it)."""
 REPO_LOGIN = f"allow_anonymous false\npassword_file {REPO_USERS_FILE}"

@@ -13,9 +13,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from rig.servers import MosquittoServer
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
-from tests.support.servers import MosquittoServer
 
 TOPIC = "crash/backlog"
 MARKER = b"marker"

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 
 _REFERENCE = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rule>:\?|:-)?(?P<arg>[^}]*)\}"
