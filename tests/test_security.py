@@ -30,6 +30,9 @@ from tests.support.processes import (
 )
 from tests.support.servers import MosquittoServer, RedisServer
 
+# every test starts its own Mosquitto or Redis and taskhub processes against it
+pytestmark = pytest.mark.e2e
+
 MQTT_USER = "bridge"
 MQTT_PASSWORD = secrets.token_urlsafe(12)
 REDIS_PASSWORD = secrets.token_hex(12)
