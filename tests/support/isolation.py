@@ -1,5 +1,6 @@
 """Giving each test run its own Redis database, topic prefix and MQTT client ids on the shared
-servers, so runs on one machine never see each other's data.
+servers, so runs on one machine never see each other's data; the database only to a run that
+uses the servers (tests/conftest.py decides after collection).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# Where the unit tier's settings point (port 1: nothing listens there), so that a test that reaches
+# for Redis or Mosquitto without the `e2e` marker fails at once on every machine, not only on one
+# without servers.
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 UNREACHABLE_MQTT_PORT = "1"
-"""Where the unit tier's settings point (port 1: nothing listens there): a test that reaches for
-Redis or Mosquitto without the `e2e` marker fails at once, on every machine, not only on one
-without servers."""
 
 MQTT_PORT_CHOSEN = "PYTEST_TASKHUB_MQTT_PORT"
 """Where the MQTT port the developer chose (empty: the default) waits while the unit tier runs:
