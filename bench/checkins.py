@@ -198,7 +198,7 @@ def enqueue(stage: Stage, count: int, id_base: int, venues: int) -> None:
         client.lpush(QUEUE, *batch)
 
 
-def drain(
+def drain(  # noqa: PLR0913  (keyword-only knobs of one stage)
     name: str,
     stage: Stage,
     *,

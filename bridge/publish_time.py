@@ -49,8 +49,9 @@ def from_raw_properties(raw: bytes) -> float | None:
 def from_properties(properties: Mapping[str, Any]) -> float | None:
     """From MQTT 5 properties as paho names them (`UserProperty`: a list of name, value pairs)."""
     for pair in properties.get("UserProperty") or ():
-        if len(pair) == 2 and pair[0] == SENT_AT:
-            return epoch_seconds(pair[1])
+        match pair:
+            case [name, value] if name == SENT_AT:
+                return epoch_seconds(value)
     return None
 
 

@@ -399,7 +399,8 @@ class MqttSource:
         try:
             topic = message.topic
         except UnicodeDecodeError:
-            topic = bytes(message._topic).decode("utf-8", "replace")
+            # paho keeps the raw bytes only in `_topic`; `.topic` is what raised.
+            topic = bytes(message._topic).decode("utf-8", "replace")  # noqa: SLF001
         if self._shedding():
             return
         properties = _properties_of(message)

@@ -46,7 +46,7 @@ class BridgeState:
             return Verdict(False, f"the bridge loop has not turned for {self.loop_age:.0f}s")
         return Verdict(True)
 
-    def ready(self) -> Verdict:
+    def ready(self) -> Verdict:  # noqa: PLR0911  (a return per reason; the first one wins)
         """Whether this replica takes MQTT messages and puts them somewhere durable now; the
         first reason it does not, in one line."""
         if self.stopping:

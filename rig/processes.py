@@ -64,12 +64,12 @@ class Process:
 
     def wait_output(self, text: str, timeout: float, count: int = 1) -> None:
         def seen() -> bool:
-            self._raise_if_exited()
+            self.raise_if_exited()
             return self.output_of_last_start().count(text) >= count
 
         wait_for(seen, timeout, f"{self.name} to print {text!r}")
 
-    def _raise_if_exited(self) -> None:
+    def raise_if_exited(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
             tail = self.output()[-3000:]
             raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")

@@ -40,10 +40,10 @@ class _Server:
         raise NotImplementedError
 
     def start(self) -> None:
-        log = (self.workdir / f"{self.name}.log").open("ab")
-        self.popen = subprocess.Popen(
-            self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
-        )
+        with (self.workdir / f"{self.name}.log").open("ab") as log:  # the child keeps its copy
+            self.popen = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         wait_for(lambda: _answers(self.port), START_TIMEOUT, f"{self.name} on port {self.port}")
 
     def kill(self) -> None:

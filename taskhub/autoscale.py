@@ -137,7 +137,7 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
 
     def _prefetch_by(self, n: int) -> None:
         consumer = self.worker.consumer
-        consumer._update_prefetch_count(n)
+        consumer._update_prefetch_count(n)  # noqa: SLF001  (Celery's autoscaler calls it too)
         if self.green:  # one thread: apply now rather than on the loop's next turn
             consumer.qos.update()
 
@@ -160,7 +160,7 @@ class BacklogAutoscaler(Autoscaler):  # type: ignore[misc]
             yield
             return
         consumer = self.worker.consumer
-        semaphore = self.pool._pool._semaphore
+        semaphore = self.pool._pool._semaphore  # noqa: SLF001  (the pool's only slot count)
         semaphore.release()
         consumer.qos.increment_eventually(1)
         consumer.qos.update()

@@ -46,7 +46,8 @@ class Intake:
         self.routes = routes
         self.max_payload_bytes = max_payload_bytes
 
-    def judge(self, message: RawMessage) -> TaskCall | DeadLetter:
+    # A return per verdict, in the order the checks run.
+    def judge(self, message: RawMessage) -> TaskCall | DeadLetter:  # noqa: C901, PLR0911
         def dead(reason: Reason, detail: str, route: str | None = None) -> DeadLetter:
             return DeadLetter(
                 reason,

@@ -82,8 +82,9 @@ def redact_document(value: Any) -> Any:
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        if len(value) == 2 and isinstance(value[0], str) and is_secret_name(value[0]):
-            return [value[0], _masked(value[1])]
+        match value:
+            case [str() as name, secret] if is_secret_name(name):  # a (name, value) pair
+                return [name, _masked(secret)]
         return [redact_document(item) for item in value]
     return value
 

@@ -392,8 +392,9 @@ class Settings(BaseSettings):
 
 def _variable_name(location: tuple[int | str, ...]) -> str:
     names = [str(part) for part in location if not isinstance(part, int)]
-    if names[:2] == ["http", "hosts"] and len(names) > 2:  # a JSON value keyed by host
-        return f"{ENV_PREFIX}HTTP__HOSTS[{names[2]!r}]" + "".join(f".{n}" for n in names[3:])
+    match names:
+        case ["http", "hosts", host, *inside]:  # a JSON value keyed by host
+            return f"{ENV_PREFIX}HTTP__HOSTS[{host!r}]" + "".join(f".{n}" for n in inside)
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(names).upper()
 
 

@@ -203,12 +203,17 @@ def _tables(reading: Snapshot) -> Group:
     return Group(*parts)
 
 
+SHOWN_IN_SECONDS_BELOW = 120
+SHOWN_IN_MINUTES_BELOW = 2 * 3600
+"""An age reads in the unit that keeps it a small number: 90.0s, 45.0m, 3.5h."""
+
+
 def _seconds(value: float) -> str:
     if value <= 0:
         return "-"
-    if value < 120:
+    if value < SHOWN_IN_SECONDS_BELOW:
         return f"{value:.1f}s"
-    if value < 7200:
+    if value < SHOWN_IN_MINUTES_BELOW:
         return f"{value / 60:.1f}m"
     return f"{value / 3600:.1f}h"
 

@@ -26,6 +26,10 @@ CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 LINE_LAYOUT = frozenset("\n\t")
 """Kept as they are where the layout wants lines (a traceback, a text payload): never in a cell."""
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_ONE_BYTE_END = 0x100
+"""Code points below it escape as \\xNN."""
+_BMP_END = 0x10000
+"""Code points below it (the Basic Multilingual Plane) escape as one \\uNNNN."""
 
 
 def is_control(char: str) -> bool:
@@ -66,9 +70,9 @@ def _escaped(char: str) -> str:
     if char in _NAMED:
         return _NAMED[char]
     code = ord(char)
-    if code < 0x100:
+    if code < _ONE_BYTE_END:
         return f"\\x{code:02x}"
-    if code < 0x10000:
+    if code < _BMP_END:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
 
@@ -77,7 +81,7 @@ def _json_escaped(char: str) -> str:
     if char == "\n":  # json.dumps writes newlines between items, never inside a string
         return char
     code = ord(char)
-    if code < 0x10000:
+    if code < _BMP_END:
         return f"\\u{code:04x}"
-    code -= 0x10000  # beyond the BMP JSON has only surrogate pairs
+    code -= _BMP_END  # beyond the BMP JSON has only surrogate pairs
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

@@ -161,8 +161,12 @@ def _run_signal_handlers_in_greenlets() -> None:
     signals.__class__ = GreenSignals
 
 
+_GREEN_MARK = "_taskhub_green"
+"""Set on a handler already wrapped to run in a greenlet, so that it is not wrapped twice."""
+
+
 def _in_greenlet(handler: Any, spawn: Callable[..., Any]) -> Any:
-    if not callable(handler) or getattr(handler, "_taskhub_green", False):
+    if not callable(handler) or getattr(handler, _GREEN_MARK, False):
         return handler
 
     def run(*args: Any) -> None:
@@ -176,5 +180,5 @@ def _in_greenlet(handler: Any, spawn: Callable[..., Any]) -> Any:
     def green(*args: Any) -> None:
         spawn(run, *args)
 
-    green._taskhub_green = True  # type: ignore[attr-defined]
+    setattr(green, _GREEN_MARK, True)
     return green

@@ -506,7 +506,7 @@ def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def run_chaos(
+def run_chaos(  # noqa: PLR0915  (the chaos run, one step after another)
     workdir: Path,
     messages: int,
     rate: float,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from rig.isolation import configure_run, release_redis_db
+from rig.isolation import configure_run, release_redis_db, use_servers
 from rig.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
 from rig.servers import MosquittoServer, RedisServer
 
@@ -23,11 +23,38 @@ if TYPE_CHECKING:
 
 _RUN: dict[str, object] = {}
 
+SERVER_FIXTURES = frozenset({"broker_redis", "private_redis", "private_mosquitto"})
+"""Fixtures that need a real server: a test using one (or a fixture built on one, such as
+`worker` or `bridge`) is `e2e` without saying so."""
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Before any test reads settings (once per process, at first use; importing reads none).
-    run_id, db = configure_run()
-    _RUN.update(run_id=run_id, db=db)
+    # Before any test module imports taskhub: settings are read once per process. No server yet.
+    _RUN["run_id"] = configure_run()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and SERVER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Claim this run's Redis database only if a test selected will use the servers: the unit
+    tier (`-m "not e2e"`) runs with no server at all."""
+    if session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("e2e") for item in session.items):
+        return
+    from taskhub.settings import get_settings
+
+    if get_settings.cache_info().currsize:
+        raise pytest.UsageError(
+            "a test module read taskhub's settings while being imported, before this run's Redis "
+            "database was claimed: import what reads them inside the test or a fixture"
+        )
+    _RUN["db"] = use_servers(str(_RUN["run_id"]))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -12,6 +12,9 @@ import pytest
 from rig.processes import python_module
 from rig.servers import repo_autosave_changes
 
+# every test runs a benchmark as a process, most against the shared Redis
+pytestmark = pytest.mark.e2e
+
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
 

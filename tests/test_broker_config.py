@@ -8,12 +8,15 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from rig.broker_crash import publish_then_crash
 from rig.processes import wait_for
 from rig.servers import MosquittoServer, repo_autosave_changes
 from taskhub.mqtt import connect_arguments, new_client
 from taskhub.settings import MqttSettings
+
+pytestmark = pytest.mark.e2e  # every test runs a Mosquitto of its own
 
 QUEUED = 1500
 """More than Mosquitto's default max_queued_messages, which drops the rest."""

@@ -77,6 +77,7 @@ def test_compose_mosquitto_uses_the_repo_config() -> None:
     assert "./scripts/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
 
 
+@pytest.mark.e2e  # starts a Mosquitto
 def test_repo_mosquitto_config_loads_in_a_real_broker(tmp_path: Path) -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("no mosquitto binary on this machine")

@@ -21,6 +21,10 @@ from taskhub.intake import Intake, RawMessage
 from taskhub.routes import SAFE_PARAMETER, route_table
 from taskhub.task_messages import MessageBuilder, TaskCall
 
+# No server, but a minute of CPU on purpose (docs/decisions.md, "Fuzzing budget"): it runs with
+# the slow tier, so that `-m "not e2e"` stays under a minute.
+pytestmark = pytest.mark.e2e
+
 CASES_PER_TEST = 3_400
 MIN_CASES = 10_000
 MAX_PAYLOAD_BYTES = 2_048

@@ -209,6 +209,7 @@ def test_compose_redis_fsyncs_every_write_and_wants_a_password() -> None:
     assert "--requirepass ${REDIS_PASSWORD:?" in command
 
 
+@pytest.mark.e2e  # starts a Mosquitto
 def test_shipped_mosquitto_config_refuses_anonymous_clients_and_admits_the_compose_user(
     compose_mosquitto: MosquittoServer,
 ) -> None:
@@ -221,6 +222,7 @@ def test_shipped_mosquitto_config_refuses_anonymous_clients_and_admits_the_compo
     assert _login_answer(port, MQTT_USER, SECRETS["TASKHUB_MQTT__PASSWORD"]) == "Success"
 
 
+@pytest.mark.e2e  # starts a Redis
 def test_redis_with_compose_arguments_fsyncs_always_and_refuses_strangers(
     compose_redis: ConfiguredRedisServer,
 ) -> None:
@@ -235,6 +237,7 @@ def test_redis_with_compose_arguments_fsyncs_always_and_refuses_strangers(
         client.close()
 
 
+@pytest.mark.e2e  # starts a Redis
 def test_compose_redis_healthcheck_passes_only_when_it_logs_in(
     compose_redis: ConfiguredRedisServer,
 ) -> None:
@@ -252,6 +255,7 @@ def test_compose_redis_healthcheck_passes_only_when_it_logs_in(
     assert not healthy({"REDISCLI_AUTH": secrets.token_hex(8)})
 
 
+@pytest.mark.e2e  # starts servers and a bridge
 def test_compose_bridge_environment_delivers_through_the_locked_broker_into_the_locked_redis(
     compose_mosquitto: MosquittoServer, compose_redis: ConfiguredRedisServer, log_dir: Path
 ) -> None:
@@ -331,6 +335,7 @@ def test_compose_env_writes_each_missing_password_once_readable_by_its_owner_onl
     assert set(_dotenv(fresh / ".env")) == set(SECRETS)
 
 
+@pytest.mark.e2e  # runs docker compose
 def test_compose_starts_on_what_compose_env_writes(tmp_path: Path) -> None:
     _run_compose_env(tmp_path)
     written = _dotenv(tmp_path / ".env")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
-from taskhub.celery import app
 from taskhub.deferral import SENT_AT_HEADER
 from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 
@@ -28,14 +28,27 @@ def _decoded(raw: bytes | str) -> dict[str, Any]:
     return dict(envelope)
 
 
-@app.task(name="tests.messages.quiet", ignore_result=True, time_limit=7, soft_time_limit=5)
 def quiet(document: dict[str, Any], city: str = "") -> None:
     """A task whose own options differ from the config's: its messages must carry them."""
 
 
-@pytest.mark.parametrize("task", ["tasks.checkins.resolve_checkin", "tests.messages.quiet"])
-def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis, task: str) -> None:
+@pytest.fixture
+def app() -> Celery:
+    """taskhub's Celery app with the tasks these tests send. Imported here, not at the top: it
+    reads the settings, which wait for this run's Redis database (tests/conftest.py)."""
     import tasks.checkins  # noqa: F401  (registers resolve_checkin)
+    from taskhub.celery import app
+
+    app.task(name="tests.messages.quiet", ignore_result=True, time_limit=7, soft_time_limit=5)(
+        quiet
+    )
+    return app
+
+
+@pytest.mark.parametrize("task", ["tasks.checkins.resolve_checkin", "tests.messages.quiet"])
+def test_bridge_message_equals_apply_async_message(
+    app: Celery, broker_redis: redis.Redis, task: str
+) -> None:
 
     tweet = {
         "id": "42",
@@ -60,7 +73,7 @@ def test_bridge_message_equals_apply_async_message(broker_redis: redis.Redis, ta
     assert _decoded(bridge_built) == _decoded(celery_built)
 
 
-def test_tasks_the_builder_was_not_given_get_the_config_options() -> None:
+def test_tasks_the_builder_was_not_given_get_the_config_options(app: Celery) -> None:
     builder = MessageBuilder.for_tasks(app, [])
     headers = json.loads(builder.build(TaskCall("tasks.other", "id-1", "q", ({},), {})))["headers"]
     assert headers["timelimit"] == [app.conf.task_time_limit, app.conf.task_soft_time_limit]

@@ -154,6 +154,7 @@ def test_redact_logs_covers_records_of_every_logger_once() -> None:
         pytest.param("redis://127.0.0.1:{port}/0?password={secret}", id="password-in-query"),
     ],
 )
+@pytest.mark.e2e  # starts a bridge
 def test_the_bridge_never_logs_its_broker_password(
     password_in: str, log_dir: Path, tmp_path: Path
 ) -> None:

@@ -30,6 +30,9 @@ from taskhub.intake import RawMessage
 from taskhub.settings import MqttSettings, get_settings
 from tests.support.credentials import mosquitto_password_file, server_certificate
 
+# every test starts its own Mosquitto or Redis and taskhub processes against it
+pytestmark = pytest.mark.e2e
+
 MQTT_USER = "bridge"
 MQTT_PASSWORD = secrets.token_urlsafe(12)
 REDIS_PASSWORD = secrets.token_hex(12)

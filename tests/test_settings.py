@@ -104,6 +104,7 @@ def test_a_secret_setting_is_never_shown_in_a_start_error(
     assert str(raised.value) == "TASKHUB_HTTP__VENUE_API_KEY: Input should be a valid string"
 
 
+@pytest.mark.e2e  # starts the CLI
 def test_taskhub_config_shows_the_urls_in_use_and_no_secret() -> None:
     env = {
         **os.environ,
@@ -139,6 +140,7 @@ def test_taskhub_config_shows_the_urls_in_use_and_no_secret() -> None:
     ],
     ids=["bridge", "celery-worker", "cli"],
 )
+@pytest.mark.e2e  # starts each entry point
 def test_every_entry_point_stops_at_start_with_one_line(argv: list[str]) -> None:
     env = {**os.environ, "TASKHUB_MQTT__PORT": "not-a-port"}
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)

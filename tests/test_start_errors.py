@@ -10,6 +10,9 @@ import pytest
 
 from rig.processes import celery, python_module
 
+# every test starts a taskhub process (bridge, worker, CLI) and reads its first line
+pytestmark = pytest.mark.e2e
+
 BAD = "tests.support.bad_routes"
 
 

@@ -125,17 +125,17 @@ def test_dead_letters_are_counted_by_reason_for_the_last_hour_and_in_total(
 
 
 def test_watch_reads_again_and_again_with_in_and_out_rates(broker_redis: redis.Redis) -> None:
-    watching = subprocess.Popen(
+    with subprocess.Popen(  # closes its stdout on the way out
         [sys.executable, "-m", "taskhub.cli", "status", "--watch", "--json", "--interval", "0.2"],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert watching.stdout is not None
-        readings = [json.loads(watching.stdout.readline()) for _ in range(3)]
-    finally:
-        watching.terminate()
-        watching.wait(timeout=10)
+    ) as watching:
+        try:
+            assert watching.stdout is not None
+            readings = [json.loads(watching.stdout.readline()) for _ in range(3)]
+        finally:
+            watching.terminate()
+            watching.wait(timeout=10)
     assert [r["taken_at"] for r in readings] == sorted(r["taken_at"] for r in readings)
     assert all(q["in_rate"] is not None for r in readings for q in r["queues"])
 

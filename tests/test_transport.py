@@ -7,11 +7,14 @@ import os
 import threading
 import time
 
+import pytest
 import redis
 from kombu.connection import Connection
 from kombu.entity import Queue
 
 from rig.servers import RedisServer
+
+pytestmark = pytest.mark.e2e  # every test talks to a real Redis
 
 TRANSPORT = "taskhub.transport:Transport"
 

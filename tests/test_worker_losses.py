@@ -24,7 +24,6 @@ from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.settings import get_settings
 from taskhub.task_messages import MessageBuilder, TaskCall, deterministic_task_id
 from tests.support.poison_routes import POISON_QUEUE
-from tests.support.poison_tasks import runs_key  # registers the poison tasks in this process
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +45,13 @@ KOMBU_UNACKED_INDEX = KOMBU_UNACKED + "_index"
 ROUND_TIMEOUT = VISIBILITY + 60
 """A lost task comes back within the visibility timeout plus a sweep, or 30 s more when the dead
 worker held kombu's sweep lock; the rest is margin for a worker's start on a busy machine."""
+
+
+@pytest.fixture(autouse=True)
+def _poison_tasks() -> None:
+    """Register the poison tasks in this process. Not imported at the top: they read the settings,
+    which wait for this run's Redis database (tests/conftest.py)."""
+    import tests.support.poison_tasks  # noqa: F401
 
 
 @pytest.fixture(params=sorted(WORKER_ARGS))
@@ -108,6 +114,8 @@ def _letters(client: redis.Redis) -> list[DeadLetter]:
 
 def _runs(client: redis.Redis, task_id: str) -> list[str]:
     """The pid of each process that ran the task, in order."""
+    from tests.support.poison_tasks import runs_key
+
     return [_text(pid) for pid in client.lrange(runs_key(task_id), 0, -1)]
 
 

@@ -172,7 +172,7 @@ class BrokerLink:
             if self._down_since is None:
                 self._down_since = self._clock()
             # One line per outage; a refusal that differs from the last says what changed.
-            if self._down_reason is None or (why != self._down_reason and why != CANNOT_CONNECT):
+            if self._down_reason is None or why not in (self._down_reason, CANNOT_CONNECT):
                 self._down_reason = why
                 self._report(f"feed: broker unreachable at {self.address} ({why}), retrying")
             self._changed.notify_all()

@@ -136,7 +136,7 @@ def publish(
     return outcome.published
 
 
-def run_feed(
+def run_feed(  # noqa: PLR0913  (keyword-only knobs)
     settings: MqttSettings,
     messages: Iterable[Publishable],
     *,

@@ -268,11 +268,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._server._connections.add(self)
+        self._server._connections.add(self)  # noqa: SLF001  (its own server, in this module)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._server._connections.discard(self)
+        self._server._connections.discard(self)  # noqa: SLF001  (its own server)
         if self._waiting is not None:
             self._waiting.cancel()
 
@@ -301,7 +301,7 @@ class _Connection(asyncio.Protocol):
                 return
             if request is None:
                 break
-            answer = self._server._answer(self._service, request)
+            answer = self._server._answer(self._service, request)  # noqa: SLF001  (its own server)
             if answer.delay > 0:
                 self._waiting = asyncio.get_running_loop().create_task(self._deliver_later(answer))
             else:
@@ -336,7 +336,7 @@ class _Connection(asyncio.Protocol):
         return _Request(method, path, headers, body, keep_alive)
 
     def _refuse(self, error: _BadRequest) -> None:
-        self._server._count_refusal(self._service, error.status)
+        self._server._count_refusal(self._service, error.status)  # noqa: SLF001  (its own server)
         document = _json(
             {"meta": {"code": error.status, "errorType": "bad_request"}, "error": str(error)}
         )
@@ -653,8 +653,7 @@ class StandinServer:
         stats = self._stats[service]
         stats.requests += 1
         stats.in_flight += 1
-        if stats.in_flight > stats.max_in_flight:
-            stats.max_in_flight = stats.in_flight
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             return self._answer_traffic(service, stats, request)
         except Exception:

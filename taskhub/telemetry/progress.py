@@ -84,7 +84,9 @@ class FinishedRate:
         within the window (0 for every queue on the first call)."""
         current = dict(finished)
         self._snapshots.append((now, current))
-        while len(self._snapshots) > 2 and now - self._snapshots[1][0] >= self.window:
+        # Keep two at least: the newest and one to measure from.
+        kept = 2
+        while len(self._snapshots) > kept and now - self._snapshots[1][0] >= self.window:
             self._snapshots.popleft()
         then, before = self._snapshots[0]
         elapsed = now - then

@@ -76,7 +76,7 @@ class PrometheusServer:
         self.process.kill()
 
     def _ready(self) -> bool:
-        self.process._raise_if_exited()
+        self.process.raise_if_exited()
         try:
             return self._get("/-/ready").status == 200
         except urllib3.exceptions.HTTPError:
