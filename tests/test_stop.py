@@ -47,7 +47,14 @@ TASK_ID = re.compile(r"resolve_checkin\[([0-9a-f-]{36})\]")
 def _demo_env(tmp_path: Path) -> dict[str, str]:
     """The demo's settings, in this run's Redis db and topic prefix, on ports nobody else uses."""
     client_id = f"{os.environ['TASKHUB_MQTT__CLIENT_ID']}-{uuid.uuid4().hex[:8]}"
+    # Stand-in ports of its own: the run's ports may be taken by the in-process `standin` fixture
+    # an earlier test of this process started, and a stand-in that cannot bind ends the demo.
+    port, venue_port = free_port(), free_port()
     return {
+        "TASKHUB_STANDIN__PORT": str(port),
+        "TASKHUB_STANDIN__VENUE_PORT": str(venue_port),
+        "TASKHUB_HTTP__SHORTLINK_BASE_URL": f"http://127.0.0.1:{port}/s",
+        "TASKHUB_HTTP__VENUE_API_BASE_URL": f"http://127.0.0.1:{venue_port}/v2",
         "TASKHUB_FLOWER__PASSWORD": secrets.token_urlsafe(12),
         "TASKHUB_FLOWER__PORT": str(free_port()),
         # A session of its own: one left by another test's bridge would hand this one its queue.

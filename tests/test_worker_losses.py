@@ -83,7 +83,7 @@ def poison_worker(
         *WORKER_ARGS[pool],
         "-Q",
         POISON_QUEUE,
-        "--loglevel=INFO",
+        "--loglevel=DEBUG",  # each delivery's "received" line is DEBUG (taskhub/debug_lines.py)
         "--without-mingle",
         "--without-gossip",
         "-n",
