@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -82,7 +82,9 @@ class Spool:
             raise SpoolFailed(f"reading the spool {self.path} failed: {error}") from None
         if not rows:
             return 0, []
-        items = [Outbound(Kind(kind), key, body, task_id) for _, kind, key, body, task_id in rows]
+        items = [
+            Outbound(OutboundKind(kind), key, body, task_id) for _, kind, key, body, task_id in rows
+        ]
         return rows[-1][0], items
 
     def remove_through(self, seq: int) -> None:

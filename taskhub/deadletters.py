@@ -37,7 +37,10 @@ before it gives up with an error: a worker recording a failure is held up no lon
 says that Redis is unreachable rather than hang."""
 
 
-class Kind(StrEnum):
+class LetterKind(StrEnum):
+    """What a dead letter holds: a refused MQTT message or a task that failed for good. The values
+    are the `kind` field of letters already in the stream: never change one."""
+
     MESSAGE = "message"
     TASK = "task"
 
@@ -95,8 +98,8 @@ class DeadLetter:
     """The stream entry id once stored (`<ms>-<seq>`); empty before."""
 
     @property
-    def kind(self) -> Kind:
-        return Kind.TASK if self.task is not None else Kind.MESSAGE
+    def kind(self) -> LetterKind:
+        return LetterKind.TASK if self.task is not None else LetterKind.MESSAGE
 
     @property
     def replayable(self) -> bool:
@@ -143,7 +146,7 @@ class DeadLetter:
         else:
             raw = payload.encode("utf-8")
         task = None
-        if fields.get("kind") == Kind.TASK.value:
+        if fields.get("kind") == LetterKind.TASK.value:
             task = FailedTask(
                 name=fields.get("task", ""),
                 task_id=fields.get("task_id", ""),

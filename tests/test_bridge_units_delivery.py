@@ -20,7 +20,7 @@ from bridge.delivery import (
     Delivery,
     Outcome,
 )
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 from bridge.publisher import PublishFailed
 from tests.fakes.clock import FakeClock
 from tests.fakes.spool import MemorySpool
@@ -30,7 +30,7 @@ QUEUE = "readings"
 
 
 def task(n: int, body_bytes: int = 10) -> Outbound:
-    return Outbound(Kind.TASK, QUEUE, f"{n}:".ljust(body_bytes, "x"), f"id-{n}")
+    return Outbound(OutboundKind.TASK, QUEUE, f"{n}:".ljust(body_bytes, "x"), f"id-{n}")
 
 
 def tasks(*numbers: int) -> list[Outbound]:

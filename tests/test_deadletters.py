@@ -33,6 +33,7 @@ from taskhub.deadletters import (
     DeadLetterStore,
     FailedTask,
     LetterFilter,
+    LetterKind,
     Reason,
 )
 from taskhub.demo.feed import publish
@@ -130,6 +131,15 @@ def test_the_store_is_capped(broker_redis: redis.Redis) -> None:
     for n in range(1000):
         store.add(DeadLetter(Reason.NO_ROUTE, str(n)))
     assert 100 <= len(store) < 300  # MAXLEN ~ trims whole nodes, never below the cap
+
+
+def test_a_letters_kind_is_stored_as_message_or_task() -> None:
+    """Letters outlive the code that wrote them: their `kind` field holds these strings."""
+    task = FailedTask("tasks.sensors.record_reading", "id-1", "sensors", [{}], {})
+    assert DeadLetter(Reason.SCHEMA, "x").to_fields()["kind"] == "message"
+    assert DeadLetter(Reason.TASK_FAILED, "y", task=task).to_fields()["kind"] == "task"
+    stored = DeadLetter.from_fields("1-0", {"kind": "task", "reason": "task_failed"})
+    assert stored.kind is LetterKind.TASK
 
 
 def test_passwords_in_urls_never_reach_a_letter() -> None:
