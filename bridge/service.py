@@ -360,6 +360,7 @@ class Bridge:
         return self.clock.now() - started > SHUTDOWN_GRACE_SECONDS
 
     def _abandon(self, count: int, why: str) -> None:
+        """Give up `count` messages unacked: not lost, the broker sends them again."""
         if count:
             self.counters.abandoned += count
             log.warning("%d messages left unacked for the broker to redeliver: %s", count, why)
