@@ -1,5 +1,5 @@
 """What the bridge writes to Redis, already serialized: a task message for a queue, or a dead letter
-for a stream. The same bytes go to Redis, to the spool, and from the spool to Redis on replay.
+for a stream. The same bytes go to Redis, to the spool, and from the spool to Redis as it drains.
 """
 
 from __future__ import annotations

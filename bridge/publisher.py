@@ -52,7 +52,7 @@ class RedisPublisher:
         """The stream entry ids of the dead letters the last `land` wrote, in their order."""
         self.repeated = 0
         """Tasks landed whose id the ledger already held: MQTT redeliveries of a landed message
-        (or a spool replay landing again), absorbed downstream by the tasks' idempotency."""
+        (or a spool chunk drained twice), absorbed downstream by the tasks' idempotency."""
 
     def land(self, items: Sequence[Outbound]) -> dict[str, int]:
         """Land every item, or raise PublishFailed having landed none; returns queue depths.

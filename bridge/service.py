@@ -139,9 +139,9 @@ class Bridge:
             self.delivery.spool.close()
             self.delivery.publisher.close()
             log.info(
-                "bridge stopped: %s replayed=%d spool=%d swept_again=%d",
+                "bridge stopped: %s drained=%d spool=%d swept_again=%d",
                 self.counters.line(),
-                self.delivery.replayed,
+                self.delivery.drained,
                 len(self.delivery.spool),
                 self.sweeper.requeued,
             )
@@ -213,7 +213,7 @@ class Bridge:
         return True
 
     def turn(self) -> None:
-        """One pass of the loop: read, take, deliver and ack a batch if one is due, replay the
+        """One pass of the loop: read, take, deliver and ack a batch if one is due, drain the
         spool, and the timers (depth poll, heartbeat, state beat, sweep)."""
         now = self.clock.now
         self.turned_at = now()
@@ -230,7 +230,7 @@ class Bridge:
             self._flush()
         if not self.pending and self.source.shed_and_drained():
             self.source.reconnect_to_collect_shed()
-        self.delivery.replay()
+        self.delivery.drain_spool()
         if self.delivery.backpressure.paused and now() >= self._next_depth_poll:
             self._next_depth_poll = now() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()

@@ -368,9 +368,9 @@ class MqttSource:
         else:
             lazy, sent_at = dict, None
         raw = RawMessage(topic, payload, lazy)
-        replayed = self._replayed(retain)
+        retained_replay = self._is_retained_replay(retain)
         self.received.append(
-            Received(raw, mid, qos, self.connection, replayed, self._read_at, sent_at)
+            Received(raw, mid, qos, self.connection, retained_replay, self._read_at, sent_at)
         )
 
     def _shedding(self) -> bool:
@@ -384,7 +384,7 @@ class MqttSource:
             self.shed += 1
         return self.shed > 0
 
-    def _replayed(self, retain: bool) -> bool:
+    def _is_retained_replay(self, retain: bool) -> bool:
         """Whether a message is a retained one sent again for a re-made subscription.
 
         A broker sets RETAIN on a delivery only when a subscription is made (MQTT 3.1.1 3.3.1.3,
@@ -405,14 +405,14 @@ class MqttSource:
             return
         properties = _properties_of(message)
         raw = RawMessage(topic, bytes(message.payload), properties)
-        replayed = self._replayed(bool(message.retain))
+        retained_replay = self._is_retained_replay(bool(message.retain))
         self.received.append(
             Received(
                 raw,
                 message.mid,
                 message.qos,
                 self.connection,
-                replayed,
+                retained_replay,
                 self._read_at,
                 from_properties(properties),
             )

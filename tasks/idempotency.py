@@ -2,8 +2,8 @@
 
 A task's Redis writes commit in one transaction with its done-marker, watched so that two copies
 running at once cannot both commit. A copy that finds the marker (an MQTT redelivery, a spool
-replay, a Celery redelivery after a lost worker) does nothing and returns a small answer
-saying so. Duplicates absorbed this way are counted per task.
+chunk drained twice, a Celery redelivery after a lost worker) does nothing and returns a small
+answer saying so. Duplicates absorbed this way are counted per task.
 """
 
 from __future__ import annotations
