@@ -104,7 +104,7 @@ class Bridge:
         """Decided at the stop: whether this replica leaves its share group for good."""
         self._drained = False
         self.settings = settings
-        self.deadletter_stream = redis_keys.deadletters(key_prefix)
+        self.deadletter_key = redis_keys.deadletters(key_prefix)
         self.counters = Counters()
         self.pending: deque[Pending] = deque()
         self._stop = threading.Event()
@@ -273,7 +273,7 @@ class Bridge:
             return Pending(received, None)
         verdict = self.intake.judge(received.message)
         if isinstance(verdict, DeadLetter):
-            outbound = Outbound.dead_letter(verdict, self.deadletter_stream)
+            outbound = Outbound.dead_letter(verdict, self.deadletter_key)
             return Pending(received, outbound, verdict, received.sent_at)
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
         if sent_at is None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, FailedTask, Reason
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue, settle
 from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.telemetry.deadletter_log import log_dead_letter
@@ -53,7 +53,7 @@ class Sweeper:
         keys: LedgerKeys,
         queues: Sequence[str],
         grace: float,
-        letters: DeadLetterStore,
+        letters: DeadLetterStream,
         scan_limit: int = SCAN_LIMIT,
     ) -> None:
         self.redis = client

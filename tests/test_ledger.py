@@ -17,7 +17,7 @@ from rig.processes import start_worker as start_worker_process
 from rig.processes import wait_for
 from rig.servers import RedisServer
 from taskhub import redis_keys
-from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStore
+from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStream
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
@@ -49,8 +49,8 @@ def _pop(client: redis.Redis) -> bytes:
     return raw
 
 
-def _letters(client: redis.Redis, maxlen: int = DEFAULT_MAXLEN) -> DeadLetterStore:
-    return DeadLetterStore(client, get_settings().key_prefix, maxlen)
+def _letters(client: redis.Redis, maxlen: int = DEFAULT_MAXLEN) -> DeadLetterStream:
+    return DeadLetterStream(client, get_settings().key_prefix, maxlen)
 
 
 def _sweeper(client: redis.Redis, keys: LedgerKeys, maxlen: int = DEFAULT_MAXLEN) -> Sweeper:
