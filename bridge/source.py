@@ -75,7 +75,7 @@ class MqttSource:
             settings.client_id,
             persistent=True,
             manual_ack=True,
-            client_class=functools.partial(BulkClient, sink=self._on_publish),
+            client_class=functools.partial(BulkClient, sink=self._on_bulk_message),
         )
         self.subscriptions = [
             (self._filter_for(topic_filter), qos)
@@ -356,10 +356,11 @@ class MqttSource:
         self.subscribe_refused = refused
         self.subscribed = not refused
 
-    def _on_publish(
+    def _on_bulk_message(
         self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, properties: bytes
     ) -> None:
-        """A QoS 0/1 message from the bulk receive path."""
+        """A QoS 0/1 message from the bulk receive path (BulkClient's sink). Not paho's
+        `on_publish`, which reports an outgoing publish completed."""
         if self._shedding():
             return
         if properties:
