@@ -12,10 +12,10 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
+from bridge.loop import Bridge, client_id_taken
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import CONNECT_TIMEOUT, SOCKET_TIMEOUT, RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
-from bridge.service import Bridge, client_id_taken
 from bridge.source import MqttSource
 from bridge.spool import Spool, SpoolUnusable
 from bridge.state import StateBeats

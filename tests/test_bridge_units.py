@@ -23,13 +23,13 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
-from bridge.publisher import PublishFailed
-from bridge.service import (
+from bridge.loop import (
     BACKPRESSURE_POLL_SECONDS,
     SHUTDOWN_GRACE_SECONDS,
     SWEEP_INTERVAL_SECONDS,
     Bridge,
 )
+from bridge.publisher import PublishFailed
 from taskhub.intake import Intake
 from taskhub.payloads import Payload
 from taskhub.routes import Route, RouteTable

@@ -11,7 +11,7 @@ from rig.processes import celery
 
 IMPORTS = (
     "import taskhub.celery, taskhub.deadletter_commands, taskhub.deadletter_replay, "
-    "tasks.checkins, tasks.sensors, tasks.failures, bridge.service"
+    "tasks.checkins, tasks.sensors, tasks.failures, bridge.loop"
 )
 
 
