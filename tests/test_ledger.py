@@ -57,6 +57,13 @@ def _sweeper(client: redis.Redis, keys: LedgerKeys, maxlen: int = DEFAULT_MAXLEN
     return Sweeper(client, keys, ["checkins"], grace=0, letters=_letters(client, maxlen))
 
 
+def test_a_ledger_entry_in_the_json_form_of_older_bridges_still_reads() -> None:
+    raw = json.dumps({"queue": "checkins", "body": '{"x": 1}', "sweeps": 2})
+    entry = LedgerEntry("id-1", "checkins", '{"x": 1}', 2)
+    assert LedgerEntry.decode("id-1", raw.encode()) == entry
+    assert LedgerEntry.decode("id-1", entry.encode()) == entry
+
+
 def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(
     broker_redis: redis.Redis, publisher: RedisPublisher, keys: LedgerKeys
 ) -> None:
