@@ -12,16 +12,16 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
+from bridge.loop import Bridge, client_id_taken
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import CONNECT_TIMEOUT, SOCKET_TIMEOUT, RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
-from bridge.service import Bridge, client_id_taken
 from bridge.source import MqttSource
 from bridge.spool import Spool, SpoolUnusable
 from bridge.state import StateBeats
 from bridge.sweeper import Sweeper
 from taskhub.celery import app, checked_routes, freeze_startup_objects
-from taskhub.deadletters import DeadLetterStore
+from taskhub.deadletters import DeadLetterStream
 from taskhub.intake import Intake
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import redact, redact_logs
@@ -59,7 +59,7 @@ def build_bridge(settings: Settings) -> Bridge:
         ledger,
         routes.queues,
         grace=settings.tasks.time_limit + settings.tasks.retry_backoff_max,
-        letters=DeadLetterStore(
+        letters=DeadLetterStream(
             publisher.redis, settings.key_prefix, bridge_settings.deadletter_maxlen
         ),
     )

@@ -19,7 +19,8 @@ from bridge.spool import SpoolFailed, SpoolFull
 
 log = logging.getLogger("taskhub.bridge")
 
-REPLAY_CHUNK = 500
+DRAIN_CHUNK = 500
+"""Spooled items moved into Redis per transaction while the spool drains."""
 MEMORY_CHECK_SECONDS = 0.1
 """How often landing also reads Redis's memory (INFO costs about a round trip: not every batch)."""
 MEMORY_CHECK_BYTES = 512 * 1024
@@ -32,7 +33,7 @@ class Outcome(StrEnum):
     LANDED = "landed"
     """Redis holds it: ack."""
     SPOOLED = "spooled"
-    """The spool holds it on disk: ack; replay will land it."""
+    """The spool holds it on disk: ack; draining the spool will land it."""
     HELD = "held"
     """Neither could take it: do not ack; try again later."""
 
@@ -54,7 +55,8 @@ class Delivery:
         self._redis_down_since: float | None = None
         self._next_memory_check = 0.0
         self._landed_unchecked = 0
-        self.replayed = 0
+        self.drained = 0
+        """Items moved from the spool into Redis since the start."""
         self.held_because = ""
         """Why the last batch was held: the spool full, or the disk refusing it."""
         self.spool_backoff = Backoff(redis_backoff.min_delay, redis_backoff.max_delay, clock)
@@ -91,7 +93,7 @@ class Delivery:
         self._spool_recovered()
         return [Outcome.SPOOLED] * len(items)
 
-    def replay(self) -> None:
+    def drain_spool(self) -> None:
         """Move the oldest spooled items to Redis, if Redis is due for another try and has room."""
         if (
             not len(self.spool)
@@ -101,13 +103,13 @@ class Delivery:
         ):
             return
         try:
-            last_seq, items = self.spool.oldest(REPLAY_CHUNK)
+            last_seq, items = self.spool.oldest(DRAIN_CHUNK)
             if self._try_land(items):
-                # A failure here replays the chunk again later: duplicates, absorbed downstream.
+                # A failure here drains the chunk again later: duplicates, absorbed downstream.
                 self.spool.remove_through(last_seq)
-                self.replayed += len(items)
+                self.drained += len(items)
                 if not len(self.spool):
-                    log.info("spool drained: %d messages replayed into redis", self.replayed)
+                    log.info("spool drained: %d messages moved into redis", self.drained)
         except SpoolFailed as error:
             self._spool_failed(error)
             return
@@ -132,7 +134,7 @@ class Delivery:
         try:
             depths = self.publisher.land(items)
         except RedisFull as error:
-            # Redis is up but full: this batch goes to the spool, reading pauses, and replay
+            # Redis is up but full: this batch goes to the spool, reading pauses, and draining
             # waits until a memory reading shows room (poll_depths, while paused).
             self.backpressure.refused(error)
             self.redis_fault = f"redis is full: {error}"

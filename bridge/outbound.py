@@ -1,5 +1,5 @@
 """What the bridge writes to Redis, already serialized: a task message for a queue, or a dead letter
-for a stream. The same bytes go to Redis, to the spool, and from the spool to Redis on replay.
+for a stream. The same bytes go to Redis, to the spool, and from the spool to Redis as it drains.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ from taskhub.deadletters import DeadLetter
 from taskhub.task_messages import MessageBuilder, TaskCall
 
 
-class Kind(StrEnum):
+class OutboundKind(StrEnum):
+    """What an outbound item is: a task for a queue or a dead letter for the stream. The values
+    are stored in spool rows, so a spool written before an upgrade still reads: never change one."""
+
     TASK = "task"
     DEAD_LETTER = "dead_letter"
 
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    kind: Kind
+    kind: OutboundKind
     key: str
     """The queue (tasks) or stream (dead letters) it goes to."""
     body: str
@@ -29,11 +32,11 @@ class Outbound:
 
     @classmethod
     def task(cls, call: TaskCall, builder: MessageBuilder) -> Outbound:
-        return cls(Kind.TASK, call.queue, builder.build(call), call.task_id)
+        return cls(OutboundKind.TASK, call.queue, builder.build(call), call.task_id)
 
     @classmethod
     def dead_letter(cls, letter: DeadLetter, stream: str) -> Outbound:
-        return cls(Kind.DEAD_LETTER, stream, json.dumps(letter.to_fields()))
+        return cls(OutboundKind.DEAD_LETTER, stream, json.dumps(letter.to_fields()))
 
     def stream_fields(self) -> dict[str, str]:
         return dict(json.loads(self.body))

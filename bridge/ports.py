@@ -1,8 +1,8 @@
 """What the bridge's loop needs from each thing outside it (the MQTT session, the Redis writer,
 the spool, the replica's records in Redis), as Protocols the real classes satisfy as they are.
 
-The loop's branches (hold, stale drop, replay, backpressure, shutdown) are logic; these seams let
-in-memory fakes (tests/fakes/) drive every one of them in milliseconds, with a failure injected
+The loop's branches (hold, stale drop, spool drain, backpressure, shutdown) are logic; these seams
+let in-memory fakes (tests/fakes/) drive every one of them in milliseconds, with a failure injected
 at any step, while the real-server tests keep proving the real parts. `build_bridge` passes the
 real classes through these types, so mypy checks they still fit. Time is `bridge.clock.Clock`.
 """

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import redis
 
 from bridge.backpressure import Memory
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
 from taskhub.deadletters import add_letter
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
@@ -52,7 +52,7 @@ class RedisPublisher:
         """The stream entry ids of the dead letters the last `land` wrote, in their order."""
         self.repeated = 0
         """Tasks landed whose id the ledger already held: MQTT redeliveries of a landed message
-        (or a spool replay landing again), absorbed downstream by the tasks' idempotency."""
+        (or a spool chunk drained twice), absorbed downstream by the tasks' idempotency."""
 
     def land(self, items: Sequence[Outbound]) -> dict[str, int]:
         """Land every item, or raise PublishFailed having landed none; returns queue depths.
@@ -63,12 +63,12 @@ class RedisPublisher:
         tasks = [
             LedgerEntry(item.task_id, item.key, item.body)
             for item in items
-            if item.kind is Kind.TASK
+            if item.kind is OutboundKind.TASK
         ]
         enqueue(pipe, self.ledger, tasks, time.time())
         letter_slots: list[int] = []
         for item in items:
-            if item.kind is not Kind.TASK:
+            if item.kind is not OutboundKind.TASK:
                 letter_slots.append(len(pipe))  # where this XADD's entry id will be in the reply
                 add_letter(pipe, item.key, item.stream_fields(), self.deadletter_maxlen)
         for queue in self.queues:

@@ -75,7 +75,7 @@ class MqttSource:
             settings.client_id,
             persistent=True,
             manual_ack=True,
-            client_class=functools.partial(BulkClient, sink=self._on_publish),
+            client_class=functools.partial(BulkClient, sink=self._on_bulk_message),
         )
         self.subscriptions = [
             (self._filter_for(topic_filter), qos)
@@ -356,10 +356,11 @@ class MqttSource:
         self.subscribe_refused = refused
         self.subscribed = not refused
 
-    def _on_publish(
+    def _on_bulk_message(
         self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, properties: bytes
     ) -> None:
-        """A QoS 0/1 message from the bulk receive path."""
+        """A QoS 0/1 message from the bulk receive path (BulkClient's sink). Not paho's
+        `on_publish`, which reports an outgoing publish completed."""
         if self._shedding():
             return
         if properties:
@@ -368,9 +369,9 @@ class MqttSource:
         else:
             lazy, sent_at = dict, None
         raw = RawMessage(topic, payload, lazy)
-        replayed = self._replayed(retain)
+        retained_replay = self._is_retained_replay(retain)
         self.received.append(
-            Received(raw, mid, qos, self.connection, replayed, self._read_at, sent_at)
+            Received(raw, mid, qos, self.connection, retained_replay, self._read_at, sent_at)
         )
 
     def _shedding(self) -> bool:
@@ -384,7 +385,7 @@ class MqttSource:
             self.shed += 1
         return self.shed > 0
 
-    def _replayed(self, retain: bool) -> bool:
+    def _is_retained_replay(self, retain: bool) -> bool:
         """Whether a message is a retained one sent again for a re-made subscription.
 
         A broker sets RETAIN on a delivery only when a subscription is made (MQTT 3.1.1 3.3.1.3,
@@ -405,14 +406,14 @@ class MqttSource:
             return
         properties = _properties_of(message)
         raw = RawMessage(topic, bytes(message.payload), properties)
-        replayed = self._replayed(bool(message.retain))
+        retained_replay = self._is_retained_replay(bool(message.retain))
         self.received.append(
             Received(
                 raw,
                 message.mid,
                 message.qos,
                 self.connection,
-                replayed,
+                retained_replay,
                 self._read_at,
                 from_properties(properties),
             )

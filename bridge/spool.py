@@ -1,8 +1,8 @@
 """The durable local spool: where a batch goes when Redis cannot take it, so the bridge can ack.
 
 SQLite in WAL mode with synchronous=FULL: a batch is on disk (fsynced) before its MQTT acks are
-sent. Rows keep arrival order; replay drains them oldest first and deletes only what Redis holds.
-The spool's size is bounded; when full, the bridge stops acking and the MQTT broker keeps the rest.
+sent. Rows keep arrival order; the spool drains into Redis oldest first, deleting only what Redis
+holds. Its size is bounded; when full, the bridge stops acking and the MQTT broker keeps the rest.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -82,7 +82,9 @@ class Spool:
             raise SpoolFailed(f"reading the spool {self.path} failed: {error}") from None
         if not rows:
             return 0, []
-        items = [Outbound(Kind(kind), key, body, task_id) for _, kind, key, body, task_id in rows]
+        items = [
+            Outbound(OutboundKind(kind), key, body, task_id) for _, kind, key, body, task_id in rows
+        ]
         return rows[-1][0], items
 
     def remove_through(self, seq: int) -> None:
@@ -90,7 +92,7 @@ class Spool:
 
         If the disk refuses even the delete (a full disk), they are forgotten in memory, so the
         spool drains and the bridge lands straight to Redis again; a restart before the delete
-        succeeds replays them, and those duplicates are absorbed downstream.
+        succeeds drains them again, and those duplicates are absorbed downstream.
         """
         removed = self._count_between(self._forgotten_through, seq)
         self._forgotten_through = max(self._forgotten_through, seq)
@@ -99,7 +101,9 @@ class Spool:
             with self._transaction():
                 self._db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
         except SpoolFailed as error:
-            log.warning("%s; %d replayed messages stay in it until a later delete", error, removed)
+            log.warning(
+                "%s; %d messages drained into redis stay in it until a later delete", error, removed
+            )
 
     def _count_between(self, after: int, through: int) -> int:
         try:

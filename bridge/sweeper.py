@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, FailedTask, Reason
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue, settle
 from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.telemetry.deadletter_log import log_dead_letter
@@ -53,7 +53,7 @@ class Sweeper:
         keys: LedgerKeys,
         queues: Sequence[str],
         grace: float,
-        letters: DeadLetterStore,
+        letters: DeadLetterStream,
         scan_limit: int = SCAN_LIMIT,
     ) -> None:
         self.redis = client
@@ -64,8 +64,10 @@ class Sweeper:
         """Where tasks given up on go; only its stream and cap are used, on this client."""
         self.scan_limit = scan_limit
         self.requeued = 0
-        self.abandoned = 0
-        self.unknown = 0
+        self.never_completed = 0
+        """Tasks dead-lettered as `never_completed`: enqueued again MAX_SWEEPS times already."""
+        self.unknown_queue = 0
+        """Tasks dead-lettered as `unknown_queue`: their queue is in no route."""
         self._resume_from = START
         """The score bound the next pass starts from: the last pass's end, or the beginning."""
 
@@ -117,8 +119,8 @@ class Sweeper:
                 continue
             entry = LedgerEntry.decode(task_id, raw)
             if entry.queue not in tails:
-                self._abandon(entry, _unknown_queue(entry))
-                self.unknown += 1
+                self._dead_letter(entry, _unknown_queue(entry))
+                self.unknown_queue += 1
                 continue
             if enqueued_at >= tails[entry.queue] or self._unacked(entry):
                 continue  # maybe still queued, or a worker holds it
@@ -144,8 +146,8 @@ class Sweeper:
 
     def _enqueue_again(self, entry: LedgerEntry, now: float) -> int:
         if entry.sweeps >= MAX_SWEEPS:
-            self._abandon(entry, _never_completed(entry))
-            self.abandoned += 1
+            self._dead_letter(entry, _never_completed(entry))
+            self.never_completed += 1
             return 0
         message = json.loads(entry.body)
         # A fresh tag: two live copies under one tag would share kombu's unacked entry.
@@ -164,7 +166,7 @@ class Sweeper:
         )
         return 1
 
-    def _abandon(self, entry: LedgerEntry, letter: DeadLetter) -> None:
+    def _dead_letter(self, entry: LedgerEntry, letter: DeadLetter) -> None:
         """Dead-letter `entry` and drop it from the ledger, in one transaction."""
         with self.redis.pipeline(transaction=True) as pipe:
             self.letters.add_to(pipe, letter)

@@ -17,10 +17,10 @@ from rich.text import Text
 
 from taskhub.deadletters import (
     DeadLetter,
-    DeadLetterStore,
+    DeadLetterStream,
     LetterFilter,
     Reason,
-    deadletter_store,
+    deadletter_stream,
 )
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.settings import Settings
@@ -115,22 +115,23 @@ def _filter_of(args: argparse.Namespace) -> LetterFilter:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     console = Console()
-    store = deadletter_store()
+    stream = deadletter_stream()
     try:
         if args.action == "list":
-            return _list(console, store, _filter_of(args), args.limit, args.json)
+            return _list(console, stream, _filter_of(args), args.limit, args.json)
         if args.action == "show":
-            return _show(console, store, args.id)
+            return _show(console, stream, args.id)
         which = _filter_of(args)
         if which.empty and not args.all:
             raise SystemExit(
                 f"taskhub: deadletter {args.action}: name letter ids or a filter, or pass --all"
             )
         if args.action == "replay":
-            return _replay(console, settings, store, which, args.dry_run)
-        return _purge(console, store, which, args.yes)
+            return _replay(console, settings, stream, which, args.dry_run)
+        return _purge(console, stream, which, args.yes)
     except redis.RedisError as error:
-        raise SystemExit(f"taskhub: dead-letter store unreachable: {visible(str(error))}") from None
+        unreachable = f"taskhub: dead-letter stream unreachable: {visible(str(error))}"
+        raise SystemExit(unreachable) from None
 
 
 def _one_line(text: str) -> str:
@@ -151,14 +152,14 @@ def _preview(letter: DeadLetter) -> str:
 
 
 def _list(
-    console: Console, store: DeadLetterStore, which: LetterFilter, limit: int, as_json: bool
+    console: Console, stream: DeadLetterStream, which: LetterFilter, limit: int, as_json: bool
 ) -> int:
-    letters = list(islice(store.scan(which), limit))
+    letters = list(islice(stream.scan(which), limit))
     if as_json:
         for letter in letters:
             print(json.dumps({"id": letter.id, **letter.to_fields()}))
         return 0
-    table = FittedTable(f"dead letters in {store.key} (newest first)", LIST_FIELDS)
+    table = FittedTable(f"dead letters in {stream.key} (newest first)", LIST_FIELDS)
     for letter in letters:
         table.add_row(
             letter.id,
@@ -169,14 +170,14 @@ def _list(
             _preview(letter),
         )
     console.print(table)
-    console.print(f"{len(letters)} shown of {len(store)} stored")
+    console.print(f"{len(letters)} shown of {len(stream)} stored")
     return 0
 
 
-def _show(console: Console, store: DeadLetterStore, entry_id: str) -> int:
-    letter = store.get(entry_id)
+def _show(console: Console, stream: DeadLetterStream, entry_id: str) -> int:
+    letter = stream.get(entry_id)
     if letter is None:
-        raise SystemExit(f"taskhub: no dead letter {visible(entry_id)} in {store.key}")
+        raise SystemExit(f"taskhub: no dead letter {visible(entry_id)} in {stream.key}")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -231,15 +232,15 @@ def _payload_view(payload: bytes) -> Syntax | Text:
 def _replay(
     console: Console,
     settings: Settings,
-    store: DeadLetterStore,
+    stream: DeadLetterStream,
     which: LetterFilter,
     dry_run: bool,
 ) -> int:
     from taskhub.celery import checked_routes
     from taskhub.deadletter_replay import Replayer
 
-    replayer = Replayer.for_routes(store, checked_routes(settings), settings)
-    report = replayer.replay(store.scan(which, newest_first=False), dry_run=dry_run)
+    replayer = Replayer.for_routes(stream, checked_routes(settings), settings)
+    report = replayer.replay(stream.scan(which, newest_first=False), dry_run=dry_run)
     table = FittedTable("replay (dry run: nothing changed)" if dry_run else "replay", REPLAY_FIELDS)
     for letter, call in report.replayed:
         table.add_row(letter.id, "enqueued", call.task, f"task id {call.task_id} on {call.queue}")
@@ -256,8 +257,8 @@ def _replay(
     return 0
 
 
-def _purge(console: Console, store: DeadLetterStore, which: LetterFilter, yes: bool) -> int:
-    ids = [letter.id for letter in store.scan(which)]
+def _purge(console: Console, stream: DeadLetterStream, which: LetterFilter, yes: bool) -> int:
+    ids = [letter.id for letter in stream.scan(which)]
     if not ids:
         console.print("purge: nothing matches")
         return 0
@@ -266,6 +267,6 @@ def _purge(console: Console, store: DeadLetterStore, which: LetterFilter, yes: b
     ).lower().startswith("y"):
         console.print("purge: nothing deleted")
         return 1
-    deleted = sum(store.delete(ids[i : i + 1000]) for i in range(0, len(ids), 1000))
+    deleted = sum(stream.delete(ids[i : i + 1000]) for i in range(0, len(ids), 1000))
     console.print(f"purge: deleted={deleted}")
     return 0

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from taskhub import redis_keys
 from taskhub.celery import app
-from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, Reason
 from taskhub.intake import Intake, RawMessage, first_error
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
 from taskhub.routes import RouteTable
@@ -39,23 +39,25 @@ class ReplayReport:
 class Replayer:
     def __init__(
         self,
-        store: DeadLetterStore,
+        stream: DeadLetterStream,
         routes: RouteTable,
         builder: MessageBuilder,
         ledger: LedgerKeys,
         max_payload_bytes: int,
     ) -> None:
-        self.store = store
+        self.stream = stream
         self.routes = routes
         self.intake = Intake(routes, max_payload_bytes)
         self.builder = builder
         self.ledger = ledger
 
     @classmethod
-    def for_routes(cls, store: DeadLetterStore, routes: RouteTable, settings: Settings) -> Replayer:
+    def for_routes(
+        cls, stream: DeadLetterStream, routes: RouteTable, settings: Settings
+    ) -> Replayer:
         """A replayer that builds task messages as the bridge does, for `routes`' tasks."""
         return cls(
-            store,
+            stream,
             routes,
             MessageBuilder.for_tasks(app, routes.task_queues),
             LedgerKeys.for_prefix(settings.key_prefix),
@@ -122,13 +124,13 @@ class Replayer:
         entries = [
             LedgerEntry(call.task_id, call.queue, self.builder.build(call)) for _, call in ready
         ]
-        with self.store.redis.pipeline(transaction=True) as pipe:
+        with self.stream.redis.pipeline(transaction=True) as pipe:
             enqueue(pipe, self.ledger, entries, time.time())
             for letter, call in ready:  # a replayed task starts with no worker losses
                 if letter.reason is Reason.WORKER_LOST and letter.task is not None:
                     for retries in range(letter.task.retries + 1):
                         pipe.delete(
-                            redis_keys.worker_losses(self.store.key_prefix, call.task_id, retries)
+                            redis_keys.worker_losses(self.stream.key_prefix, call.task_id, retries)
                         )
-            pipe.xdel(self.store.key, *(letter.id for letter, _ in ready))
+            pipe.xdel(self.stream.key, *(letter.id for letter, _ in ready))
             pipe.execute()

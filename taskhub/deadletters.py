@@ -1,4 +1,4 @@
-"""The dead-letter store: every input taskhub refused and every task that failed for good, with the
+"""The dead-letter stream: every input taskhub refused and every task that failed for good, with the
 reason, kept in one capped Redis stream (in the broker's Redis) for inspection and replay.
 
 Two kinds share the stream. A *message* letter is an MQTT message the bridge refused: its topic and
@@ -29,15 +29,18 @@ from taskhub.redaction import redact, redact_document
 from taskhub.settings import get_settings
 
 DEFAULT_MAXLEN = 100_000
-"""TASKHUB_BRIDGE__DEADLETTER_MAXLEN's default, for a store that only reads."""
+"""TASKHUB_BRIDGE__DEADLETTER_MAXLEN's default, for a handle that only reads."""
 SCAN_CHUNK = 500
 REDIS_TIMEOUT_SECONDS = 5.0
-"""How long this process's store (`deadletter_store()`) waits on Redis, to connect or for a reply,
-before it gives up with an error: a worker recording a failure is held up no longer, and the CLI
-says that Redis is unreachable rather than hang."""
+"""How long this process's handle on the stream (`deadletter_stream()`) waits on Redis, to connect
+or for a reply, before it gives up with an error: a worker recording a failure is held up no
+longer, and the CLI says that Redis is unreachable rather than hang."""
 
 
-class Kind(StrEnum):
+class LetterKind(StrEnum):
+    """What a dead letter holds: a refused MQTT message or a task that failed for good. The values
+    are the `kind` field of letters already in the stream: never change one."""
+
     MESSAGE = "message"
     TASK = "task"
 
@@ -95,8 +98,8 @@ class DeadLetter:
     """The stream entry id once stored (`<ms>-<seq>`); empty before."""
 
     @property
-    def kind(self) -> Kind:
-        return Kind.TASK if self.task is not None else Kind.MESSAGE
+    def kind(self) -> LetterKind:
+        return LetterKind.TASK if self.task is not None else LetterKind.MESSAGE
 
     @property
     def replayable(self) -> bool:
@@ -143,7 +146,7 @@ class DeadLetter:
         else:
             raw = payload.encode("utf-8")
         task = None
-        if fields.get("kind") == Kind.TASK.value:
+        if fields.get("kind") == LetterKind.TASK.value:
             task = FailedTask(
                 name=fields.get("task", ""),
                 task_id=fields.get("task_id", ""),
@@ -252,8 +255,8 @@ def _route_names(letter: DeadLetter) -> set[str]:
     return names
 
 
-class DeadLetterStore:
-    """Reads and writes the dead-letter stream."""
+class DeadLetterStream:
+    """A handle on the dead-letter stream: adds, reads, counts and deletes letters."""
 
     def __init__(self, client: redis.Redis, key_prefix: str, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.redis = client
@@ -323,22 +326,23 @@ class DeadLetterStore:
         return int(self.redis.xdel(self.key, *ids)) if ids else 0
 
 
-def deadletter_store() -> DeadLetterStore:
-    """This process's store, in the broker's Redis, next to the queues: where workers write the
-    letters of failed and refused tasks and the CLI reads and replays them. Built at first use;
-    a forked pool child builds its own, as a connection must not cross a fork."""
-    return _store_for(os.getpid())
+def deadletter_stream() -> DeadLetterStream:
+    """This process's handle on the stream, in the broker's Redis, next to the queues: where
+    workers write the letters of failed and refused tasks and the CLI reads and replays them.
+    Built at first use; a forked pool child builds its own, as a connection must not cross a
+    fork."""
+    return _stream_for(os.getpid())
 
 
 @functools.cache
-def _store_for(pid: int) -> DeadLetterStore:
+def _stream_for(pid: int) -> DeadLetterStream:
     settings = get_settings()
     client = redis.Redis.from_url(
         settings.broker_url.get_secret_value(),
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
-    return DeadLetterStore(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
+    return DeadLetterStream(client, settings.key_prefix, settings.bridge.deadletter_maxlen)
 
 
 def _counts(raw: dict[Any, Any]) -> dict[str, int]:

@@ -52,7 +52,9 @@ class LedgerEntry:
     @classmethod
     def decode(cls, task_id: str, raw: bytes | str) -> LedgerEntry:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        if text.startswith("{"):  # written by an older bridge
+        # The JSON form bridges wrote before the tab one (0f4aa0f, 2026-11-22): a ledger they
+        # left in Redis still reads. An encoded entry starts with its sweep count, never "{".
+        if text.startswith("{"):
             fields = json.loads(text)
             return cls(task_id, fields["queue"], fields["body"], int(fields["sweeps"]))
         sweeps, queue, body = text.split("\t", 2)

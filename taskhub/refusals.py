@@ -1,7 +1,7 @@
 """The worker's consumer: it dead-letters the messages Celery refuses, not only logs them.
 
 Celery drops a message it must not run (a pickled body where only JSON is accepted, a task name it
-does not know, a malformed message) after one log line. Here each is kept in the dead-letter store
+does not know, a malformed message) after one log line. Here each is kept in the dead-letter stream
 first, bytes and headers included, so nothing vanishes unseen. Enabled by `worker_consumer` in
 celeryconfig.
 """
@@ -17,7 +17,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_stream
 from taskhub.telemetry.deadletter_log import log_dead_letter
 
 log = logging.getLogger("taskhub.worker")
@@ -60,7 +60,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
     def _record(self, message: Message, reason: Reason, error: BaseException | None) -> None:
         try:
             letter = refused_letter(message, reason, error)
-            log_dead_letter(letter, deadletter_store().add(letter))
+            log_dead_letter(letter, deadletter_stream().add(letter))
         except redis.RedisError as failure:
             log.error("refused a message and could not dead-letter it: %s", failure)
 

@@ -356,7 +356,8 @@ class Settings(BaseSettings):
     broker_url: RedisUrl = SecretStr(DEFAULT_REDIS_URL)
     result_backend: RedisUrl = SecretStr(DEFAULT_REDIS_URL)
     store_url: RedisUrl | None = None
-    """Redis for task effects (e.g. resolved check-ins); defaults to broker_url."""
+    """Redis of the effect store: task effects (e.g. resolved check-ins), their done-markers, and
+    the caches, breakers and rate limits workers share; defaults to broker_url."""
     key_prefix: str = Field("taskhub", pattern=r"^[A-Za-z0-9_.-]+$")
     """Prefix of every Redis key taskhub writes besides Celery's own."""
     topic_prefix: str = Field("", pattern=r"^([^+#\x00]+/)?$")

@@ -30,7 +30,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from taskhub import redis_keys
-from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_stream
 from taskhub.deferral import defer
 from taskhub.ledger import LedgerKeys, settle
 from taskhub.settings import get_settings
@@ -172,7 +172,7 @@ def _dead_letter(
         ),
     )
     with client.pipeline(transaction=True) as pipe:
-        deadletter_store().add_to(pipe, letter)
+        deadletter_stream().add_to(pipe, letter)
         settle(pipe, LedgerKeys.for_prefix(settings.key_prefix), str(request.id))
         pipe.set(
             key, LETTERED, ex=max(LOSS_MEMORY_SECONDS, int(2 * settings.tasks.visibility_timeout))

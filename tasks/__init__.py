@@ -1,1 +1,5 @@
-"""The task code workers run. Each module holds the tasks of one route family."""
+"""The task code workers run: the tasks of each route family (checkins.py, sensors.py), and what
+they share: the effect store (store.py), exactly-once commits (idempotency.py), settling the
+ledger (ledger.py), dead letters for failed tasks (failures.py), and calls to upstream hosts
+(upstream.py, through http.py, ratelimit.py and breaker.py; cache.py for their answers).
+"""

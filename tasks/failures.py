@@ -1,4 +1,5 @@
-"""Tasks that failed for good go to the dead-letter store, with the error, to be fixed and replayed.
+"""Tasks that failed for good go to the dead-letter stream, with the error, to be fixed and
+replayed.
 
 "For good" means Celery gave up: a non-retryable error, or retries exhausted. The task still shows
 as FAILURE in the result backend and Flower; the letter is what lets an operator act on it.
@@ -15,7 +16,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.signals import task_failure
 
-from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_store
+from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_stream
 from taskhub.telemetry.deadletter_log import log_dead_letter
 from taskhub.worker_losses import WorkerLostTooOften
 from tasks.ledger import INFRASTRUCTURE_ERRORS
@@ -85,7 +86,7 @@ def record_failed_task(
         return
     letter = failed_task_letter(sender, task_id, exception, args, kwargs)
     try:
-        log_dead_letter(letter, deadletter_store().add(letter))
+        log_dead_letter(letter, deadletter_stream().add(letter))
     except redis.RedisError as error:
         log.error("task %s failed and could not be dead-lettered: %s", task_id, error)
 

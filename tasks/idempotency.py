@@ -2,8 +2,8 @@
 
 A task's Redis writes commit in one transaction with its done-marker, watched so that two copies
 running at once cannot both commit. A copy that finds the marker (an MQTT redelivery, a spool
-replay, a Celery redelivery after a lost worker) does nothing and returns a small answer
-saying so. Duplicates absorbed this way are counted per task.
+chunk drained twice, a Celery redelivery after a lost worker) does nothing and returns a small
+answer saying so. Duplicates absorbed this way are counted per task.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def is_done(identity: str) -> bool:
 
 def duplicate(identity: str) -> dict[str, Any]:
     """What an absorbed duplicate returns: which message it repeats. The first copy's effect is
-    in the store, under the task's own key."""
+    in the effect store, under the task's own key."""
     return {"duplicate": True, "identity": identity}
 
 
@@ -71,7 +71,7 @@ def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, A
 
 def commit_once(identity: str, writes: Writes, task_id: str | None = None) -> bool:
     """Apply `writes` and mark `identity` done, atomically, then settle `task_id` in the ledger
-    (in the same transaction when the ledger shares the store's Redis); False if another copy
+    (in the same transaction when the ledger shares the effect store's Redis); False if another copy
     committed first.
     """
     return commit_planned(identity, lambda _pipe: ({}, writes), (), task_id) is not None

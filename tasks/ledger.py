@@ -5,8 +5,8 @@ absorbed, and when it fails for good. A retry refreshes its entry: the retry tra
 message the ledger does not know, and must not look lost meanwhile.
 
 The ledger lives in the broker's Redis, beside the queues it watches, whatever
-`TASKHUB_STORE_URL` says. When the store is that same Redis, a commit settles its entry in its
-own transaction; when it is another, the entry is settled just after the effect commits, and a
+`TASKHUB_STORE_URL` says. When the effect store is that same Redis, a commit settles its entry in
+its own transaction; when it is another, the entry is settled just after the effect commits, and a
 crash between the two leaves an entry whose done-marker exists: its next delivery (a restore or a
 sweep) is absorbed as a duplicate, which settles it without running the effect again.
 """
@@ -31,7 +31,7 @@ def ledger_keys() -> LedgerKeys:
 
 
 def ledger_in_store() -> bool:
-    """True when the store is the broker's Redis, so one transaction can commit and settle.
+    """True when the effect store is the broker's Redis, so one transaction can commit and settle.
 
     URLs are compared as written: the same Redis spelled two ways is taken for two, which costs
     atomicity, never correctness."""
@@ -45,15 +45,15 @@ def ledger_redis() -> redis.Redis:
 
 
 def settle_in_commit(pipe: Pipeline, task_id: str) -> None:
-    """Queue the settling of `task_id` on `pipe`, a transaction on the store, if the ledger is
-    there too; `settle_after_commit` covers the other case."""
+    """Queue the settling of `task_id` on `pipe`, a transaction on the effect store, if the ledger
+    is there too; `settle_after_commit` covers the other case."""
     if ledger_in_store():
         settle(pipe, ledger_keys(), task_id)
 
 
 def settle_after_commit(task_id: str) -> None:
-    """Settle `task_id` in the broker's Redis once the store committed, if they are two Redis.
-    Effect first: a crash between leaves a redelivery to absorb, never an effect unmade."""
+    """Settle `task_id` in the broker's Redis once the effect store committed, if they are two
+    Redis. Effect first: a crash between leaves a redelivery to absorb, never an effect unmade."""
     if not ledger_in_store():
         settle_now(task_id)
 

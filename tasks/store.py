@@ -1,4 +1,6 @@
-"""Where tasks keep their effects: JSON documents in Redis under taskhub's key prefix."""
+"""The effect store: the Redis (TASKHUB_STORE_URL, else the broker's) where tasks keep their effects
+as JSON documents, with their done-markers and the caches, breakers and rate limits workers share.
+"""
 
 from __future__ import annotations
 

@@ -547,7 +547,7 @@ def run_chaos(  # noqa: PLR0915  (the chaos run, one step after another)
         chaos.note(f"broker acknowledged all (republished {republished})")
         publisher.close()
 
-        store = redis.Redis.from_url(chaos.redis.url)
+        client = redis.Redis.from_url(chaos.redis.url)
 
         queues = ("checkins", "sensors", "poison")
         quiet_since: list[float] = []
@@ -556,17 +556,17 @@ def run_chaos(  # noqa: PLR0915  (the chaos run, one step after another)
             """Every check-in has its effect, or else the broker may have lost it and nothing
             is left to run: queues, unacked and ledger empty, unchanged for QUIET_SECONDS."""
             chaos.supervise()
-            if not _worker_lost_letters(store):
+            if not _worker_lost_letters(client):
                 return False  # the poison task is still at work
-            counts = count_effects(store)
+            counts = count_effects(client)
             missing = {seq for seq in range(messages) if counts[seq] == 0}
             if not missing:
                 return True
             idle = (
                 missing <= chaos.acked_before_broker_kill
-                and not any(store.llen(queue) for queue in queues)
-                and not store.hlen(redis_keys.KOMBU_UNACKED)
-                and not store.zcard(f"{KEY_PREFIX}:ledger")
+                and not any(client.llen(queue) for queue in queues)
+                and not client.hlen(redis_keys.KOMBU_UNACKED)
+                and not client.zcard(f"{KEY_PREFIX}:ledger")
             )
             if not idle:
                 quiet_since.clear()
@@ -579,13 +579,13 @@ def run_chaos(  # noqa: PLR0915  (the chaos run, one step after another)
         except TimeoutError:
             chaos.note("timed out waiting for effects")
         chaos.note("effects counted")
-        counts = count_effects(store)
-        redelivered = sum(int(v) for v in (store.hgetall(DUPLICATES) or {}).values())
-        worker_lost = _worker_lost_letters(store)
+        counts = count_effects(client)
+        redelivered = sum(int(v) for v in (client.hgetall(DUPLICATES) or {}).values())
+        worker_lost = _worker_lost_letters(client)
         missing = {seq for seq in range(messages) if counts[seq] == 0}
         broker_candidates = missing & chaos.acked_before_broker_kill
-        by_broker = broker_candidates - traced(store, broker_candidates)
-        store.close()
+        by_broker = broker_candidates - traced(client, broker_candidates)
+        client.close()
         report = Report(
             messages=messages,
             lost=len(missing - by_broker),

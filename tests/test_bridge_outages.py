@@ -69,7 +69,7 @@ def _task_ids(queue: redis.Redis) -> list[str]:
     return [json.loads(raw)["headers"]["id"] for raw in queue.lrange("checkins", 0, -1)]
 
 
-def test_redis_down_for_30s_messages_are_spooled_acked_and_replayed(
+def test_redis_down_for_30s_messages_are_spooled_acked_and_drained(
     private_redis: RedisServer, log_dir: Path
 ) -> None:
     import threading

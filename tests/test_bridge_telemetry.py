@@ -25,7 +25,7 @@ from bridge.state import BridgeState
 from rig.isolation import free_port
 from rig.processes import BRIDGE_READY, Process, python_module, wait_for
 from rig.servers import MosquittoServer
-from taskhub.deadletters import DeadLetterStore
+from taskhub.deadletters import DeadLetterStream
 from taskhub.demo.feed import publish
 from taskhub.intake import RawMessage
 from taskhub.settings import get_settings
@@ -172,7 +172,7 @@ def test_a_flood_of_invalid_payloads_is_counted_by_reason_and_logged_within_the_
     assert _checkins_topic() in logged[0]
     entry_id = re.search(r" entry (\d+-\d+): ", logged[0])
     assert entry_id is not None, logged[0]  # the id `taskhub deadletter show` takes
-    letter = DeadLetterStore(broker_redis, get_settings().key_prefix).get(entry_id.group(1))
+    letter = DeadLetterStream(broker_redis, get_settings().key_prefix).get(entry_id.group(1))
     assert letter is not None
     assert letter.reason.value == "invalid_json"
 

@@ -23,13 +23,13 @@ import redis
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
 from bridge.delivery import Delivery
-from bridge.publisher import PublishFailed
-from bridge.service import (
+from bridge.loop import (
     BACKPRESSURE_POLL_SECONDS,
     SHUTDOWN_GRACE_SECONDS,
     SWEEP_INTERVAL_SECONDS,
     Bridge,
 )
+from bridge.publisher import PublishFailed
 from taskhub.intake import Intake
 from taskhub.payloads import Payload
 from taskhub.routes import Route, RouteTable
@@ -323,7 +323,7 @@ def test_redis_refusing_a_batch_sends_it_to_the_spool_and_acks_it(
     ]
 
 
-def test_the_spool_replays_into_redis_in_order_once_redis_is_back(
+def test_the_spool_drains_into_redis_in_order_once_redis_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="taskhub.bridge")
@@ -339,9 +339,9 @@ def test_the_spool_replays_into_redis_in_order_once_redis_is_back(
     rig.turn_until(lambda: not len(rig.spool))
     assert rig.landed == [1, 2, 3, 4, 5]
     assert rig.acked == [1, 2, 3, 4, 5]
-    assert rig.bridge.delivery.replayed == 5
+    assert rig.bridge.delivery.drained == 5
     assert rig.bridge.state().redis_fault is None
-    assert "spool drained: 5 messages replayed into redis" in caplog.messages
+    assert "spool drained: 5 messages moved into redis" in caplog.messages
     rig.send(6)
     rig.turn()
     assert rig.landed == [1, 2, 3, 4, 5, 6], "straight to Redis again once the spool is empty"
@@ -355,7 +355,7 @@ def test_while_the_spool_holds_anything_new_batches_queue_behind_it() -> None:
     rig.turn()
     rig.writer.down = False
     rig.wait(RETRY_MIN)
-    rig.spool.fail_next_read = 1  # replay cannot read the spool this once
+    rig.spool.fail_next_read = 1  # draining cannot read the spool this once
     rig.send(3)
     rig.turn()
     assert rig.landed == [], "a new batch overtook the spooled ones"
@@ -363,7 +363,7 @@ def test_while_the_spool_holds_anything_new_batches_queue_behind_it() -> None:
     rig.turn_until(lambda: rig.landed == [1, 2, 3])
 
 
-def test_replay_waits_out_the_redis_retry_delay_and_backs_off_while_redis_stays_down() -> None:
+def test_the_drain_waits_out_the_redis_retry_delay_and_backs_off_while_redis_stays_down() -> None:
     rig = make_rig()
     rig.writer.down = True
     rig.send(1)
@@ -590,7 +590,7 @@ def test_depths_are_polled_at_most_every_poll_interval_while_paused() -> None:
     assert 9 <= rig.writer.depth_reads - reads <= 11
 
 
-def test_redis_memory_near_maxmemory_pauses_reading_and_replay() -> None:
+def test_redis_memory_near_maxmemory_pauses_reading_and_the_spool_drain() -> None:
     rig = make_rig(memory_high_watermark=0.9, memory_low_watermark=0.8)
     rig.writer.memory_limit = 1000
     rig.writer.memory_used = 950
@@ -605,7 +605,7 @@ def test_redis_memory_near_maxmemory_pauses_reading_and_replay() -> None:
     assert rig.bridge.state().paused == ()
 
 
-def test_redis_at_maxmemory_spools_the_batch_and_replays_once_memory_reads_low() -> None:
+def test_redis_at_maxmemory_spools_the_batch_and_drains_it_once_memory_reads_low() -> None:
     rig = make_rig()
     rig.writer.full = True
     rig.writer.memory_limit = 1000
@@ -620,7 +620,7 @@ def test_redis_at_maxmemory_spools_the_batch_and_replays_once_memory_reads_low()
     assert state.redis_fault.startswith("redis is full: OutOfMemoryError")
     rig.writer.full = False
     rig.turn(5)
-    assert len(rig.spool) == 2, "replayed into a Redis that read full"
+    assert len(rig.spool) == 2, "drained into a Redis that read full"
     rig.writer.memory_used = 500
     rig.turn_until(lambda: rig.landed == [1, 2])
     assert rig.bridge.state().paused == ()

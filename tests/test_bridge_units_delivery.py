@@ -1,5 +1,5 @@
 """Delivery, Backoff and Backpressure on their own, against the in-memory writer, spool and clock
-(tests/fakes/): where a batch goes, how replay drains the spool, when Redis's memory is read,
+(tests/fakes/): where a batch goes, how the spool drains into Redis, when Redis's memory is read,
 how waits grow and reset, and where the watermarks pause and resume reading. No server, no sleep.
 """
 
@@ -14,13 +14,13 @@ from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure, Memory
 from bridge.clock import SYSTEM_CLOCK
 from bridge.delivery import (
+    DRAIN_CHUNK,
     MEMORY_CHECK_BYTES,
     MEMORY_CHECK_SECONDS,
-    REPLAY_CHUNK,
     Delivery,
     Outcome,
 )
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 from bridge.publisher import PublishFailed
 from tests.fakes.clock import FakeClock
 from tests.fakes.spool import MemorySpool
@@ -30,7 +30,7 @@ QUEUE = "readings"
 
 
 def task(n: int, body_bytes: int = 10) -> Outbound:
-    return Outbound(Kind.TASK, QUEUE, f"{n}:".ljust(body_bytes, "x"), f"id-{n}")
+    return Outbound(OutboundKind.TASK, QUEUE, f"{n}:".ljust(body_bytes, "x"), f"id-{n}")
 
 
 def tasks(*numbers: int) -> list[Outbound]:
@@ -202,44 +202,44 @@ def test_the_spool_says_why_it_would_refuse_a_batch() -> None:
     assert delivery.held_because == "the spool is full (2 messages)"
 
 
-def test_replay_drains_the_spool_oldest_first_one_chunk_per_call(
+def test_the_spool_drains_oldest_first_one_chunk_per_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="taskhub.bridge")
     clock = FakeClock()
     delivery, writer, _ = make_delivery(clock)
     writer.down = True
-    count = 2 * REPLAY_CHUNK + 7
+    count = 2 * DRAIN_CHUNK + 7
     delivery.deliver(tasks(*range(count)))
     writer.down = False
     clock.advance(3.0)
-    delivery.replay()
-    assert writer.batches == [REPLAY_CHUNK]
+    delivery.drain_spool()
+    assert writer.batches == [DRAIN_CHUNK]
     assert "redis is back after 3.0s" in caplog.messages
-    delivery.replay()
-    delivery.replay()
-    delivery.replay()  # nothing left: no write
-    assert writer.batches == [REPLAY_CHUNK, REPLAY_CHUNK, 7]
+    delivery.drain_spool()
+    delivery.drain_spool()
+    delivery.drain_spool()  # nothing left: no write
+    assert writer.batches == [DRAIN_CHUNK, DRAIN_CHUNK, 7]
     assert numbers(writer.queues[QUEUE]) == list(range(count))
-    assert delivery.replayed == count
-    assert caplog.messages.count(f"spool drained: {count} messages replayed into redis") == 1
+    assert delivery.drained == count
+    assert caplog.messages.count(f"spool drained: {count} messages moved into redis") == 1
 
 
-def test_a_replay_redis_refuses_keeps_the_spool_and_waits_longer() -> None:
+def test_a_chunk_redis_refuses_stays_in_the_spool_and_the_drain_waits_longer() -> None:
     clock = FakeClock()
     delivery, writer, spool = make_delivery(clock)
     writer.down = True
     delivery.deliver(tasks(1))
     clock.advance(0.2)
-    delivery.replay()
+    delivery.drain_spool()
     assert len(spool) == 1
     assert writer.attempts == 2
     clock.advance(0.2)
-    delivery.replay()  # the wait doubled to 0.4 s
+    delivery.drain_spool()  # the wait doubled to 0.4 s
     assert writer.attempts == 2
 
 
-def test_a_spool_read_failure_during_replay_waits_then_recovers(
+def test_a_spool_read_failure_while_draining_waits_then_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="taskhub.bridge")
@@ -250,20 +250,20 @@ def test_a_spool_read_failure_during_replay_waits_then_recovers(
     writer.down = False
     clock.advance(0.2)
     spool.fail_next_read = 1
-    delivery.replay()
+    delivery.drain_spool()
     assert spool_fault(delivery) == (
         "the spool cannot be written (reading the spool memory.spool failed: disk I/O error)"
     )
-    delivery.replay()  # within the spool's wait: not read again
+    delivery.drain_spool()  # within the spool's wait: not read again
     assert writer.attempts == 1
     clock.advance(0.2)
-    delivery.replay()
+    delivery.drain_spool()
     assert numbers(writer.queues[QUEUE]) == [1]
     assert spool_fault(delivery) is None
     assert "the spool memory.spool takes writes again" in caplog.messages
 
 
-def test_a_chunk_the_spool_cannot_forget_after_replay_is_replayed_again_as_duplicates() -> None:
+def test_a_drained_chunk_the_spool_cannot_forget_is_drained_again_as_duplicates() -> None:
     clock = FakeClock()
     delivery, writer, spool = make_delivery(clock)
     writer.down = True
@@ -271,11 +271,11 @@ def test_a_chunk_the_spool_cannot_forget_after_replay_is_replayed_again_as_dupli
     writer.down = False
     clock.advance(0.2)
     spool.fail_next_remove = 1
-    delivery.replay()
+    delivery.drain_spool()
     assert numbers(writer.queues[QUEUE]) == [1, 2]
     assert len(spool) == 2
     clock.advance(0.2)
-    delivery.replay()
+    delivery.drain_spool()
     assert numbers(writer.queues[QUEUE]) == [1, 2, 1, 2]
     assert writer.repeated == 2, "the ledger would not see the second copies"
     assert len(spool) == 0

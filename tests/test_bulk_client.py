@@ -59,12 +59,12 @@ class BulkDriver:
             client_id,
             persistent=True,
             manual_ack=True,
-            client_class=functools.partial(BulkClient, sink=self._on_publish),
+            client_class=functools.partial(BulkClient, sink=self._on_bulk_message),
         )
         self.client.on_message = self._on_qos2
         self.settings = settings
 
-    def _on_publish(
+    def _on_bulk_message(
         self, topic: str, payload: bytes, mid: int, qos: int, retain: bool, raw: bytes
     ) -> None:
         self.seen.append((topic, payload, qos, _meaningful(decode_properties(raw))))

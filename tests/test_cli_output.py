@@ -17,7 +17,7 @@ import pytest
 import redis
 from rich.console import Console
 
-from taskhub.deadletters import DeadLetter, DeadLetterStore, FailedTask, Reason, count_letter
+from taskhub.deadletters import DeadLetter, DeadLetterStream, FailedTask, Reason, count_letter
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.settings import get_settings
 from taskhub.telemetry import deadletter_log
@@ -90,8 +90,8 @@ def test_a_json_view_escapes_controls_and_reads_back_as_the_same_value() -> None
 @pytest.fixture
 def evil_letters(broker_redis: redis.Redis, topic_prefix: str) -> dict[str, str]:
     """A message letter and a task letter with controls in every field that came from outside."""
-    store = DeadLetterStore(broker_redis, get_settings().key_prefix)
-    message = store.add(
+    stream = DeadLetterStream(broker_redis, get_settings().key_prefix)
+    message = stream.add(
         DeadLetter(
             Reason.INVALID_JSON,
             f"Expecting value near {EVIL}\nsecond line {EVIL}",
@@ -101,7 +101,7 @@ def evil_letters(broker_redis: redis.Redis, topic_prefix: str) -> dict[str, str]
             properties={"UserProperty": [["k" + EVIL, EVIL]], "ContentType": EVIL},
         )
     )
-    json_payload = store.add(
+    json_payload = stream.add(
         DeadLetter(
             Reason.SCHEMA,
             "value: " + EVIL,
@@ -110,7 +110,7 @@ def evil_letters(broker_redis: redis.Redis, topic_prefix: str) -> dict[str, str]
             route="sensors",
         )
     )
-    task = store.add(
+    task = stream.add(
         DeadLetter(
             Reason.TASK_FAILED,
             f"ValueError: {EVIL}",
@@ -218,9 +218,9 @@ def test_status_prints_controls_from_beats_and_counts_escaped_never_raw(
         broker_redis, f"celery@{EVIL}", f"bridge-{EVIL}", f"host{EVIL}",
         pool=EVIL, queue=EVIL, paused=EVIL,
     )  # fmt: skip
-    store = DeadLetterStore(broker_redis, get_settings().key_prefix)
+    stream = DeadLetterStream(broker_redis, get_settings().key_prefix)
     with broker_redis.pipeline() as pipe:
-        count_letter(pipe, store.key, EVIL)
+        count_letter(pipe, stream.key, EVIL)
         pipe.execute()
     for columns in (80, 1000):
         shown = taskhub("status", columns=columns, mode=mode)

@@ -30,9 +30,10 @@ from rig.processes import (
 from taskhub import redis_keys
 from taskhub.deadletters import (
     DeadLetter,
-    DeadLetterStore,
+    DeadLetterStream,
     FailedTask,
     LetterFilter,
+    LetterKind,
     Reason,
 )
 from taskhub.demo.feed import publish
@@ -45,8 +46,8 @@ from tests.conftest import checkin_tweet
 FIXED_ROUTES = "tests.support.fixed_routes:ROUTES"
 
 
-def _store(client: redis.Redis, maxlen: int = 100_000) -> DeadLetterStore:
-    return DeadLetterStore(client, get_settings().key_prefix, maxlen)
+def _stream(client: redis.Redis, maxlen: int = 100_000) -> DeadLetterStream:
+    return DeadLetterStream(client, get_settings().key_prefix, maxlen)
 
 
 def _reading(seq: int, value: object = 21.5) -> bytes:
@@ -75,15 +76,15 @@ def taskhub_cli(*args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-# The store itself, against the real Redis.
+# The stream itself, against the real Redis.
 
 
 def test_a_letter_keeps_its_payload_bytes_exactly_and_reads_back_whole(
     broker_redis: redis.Redis,
 ) -> None:
-    store = _store(broker_redis)
+    stream = _stream(broker_redis)
     binary = bytes(range(256))
-    entry = store.add(
+    entry = stream.add(
         DeadLetter(
             Reason.INVALID_UTF8,
             "bad byte",
@@ -93,7 +94,7 @@ def test_a_letter_keeps_its_payload_bytes_exactly_and_reads_back_whole(
             properties={"UserProperty": [["k", "v"]]},
         )
     )
-    letter = store.get(entry)
+    letter = stream.get(entry)
     assert letter is not None
     assert letter.payload == binary
     assert letter.to_fields()["payload_encoding"] == "base64"
@@ -105,16 +106,16 @@ def test_a_letter_keeps_its_payload_bytes_exactly_and_reads_back_whole(
 
 
 def test_filters_pick_letters_by_reason_route_and_time(broker_redis: redis.Redis) -> None:
-    store = _store(broker_redis)
-    old = store.add(DeadLetter(Reason.SCHEMA, "x", route="checkins:checkins/{city}/#"))
+    stream = _stream(broker_redis)
+    old = stream.add(DeadLetter(Reason.SCHEMA, "x", route="checkins:checkins/{city}/#"))
     time.sleep(0.01)  # stream ids are milliseconds; the time filter needs two distinct ones
     middle = datetime.now(UTC)
     time.sleep(0.01)
     task = FailedTask("tasks.sensors.record_reading", "id-1", "sensors", [{}], {})
-    new = store.add(DeadLetter(Reason.TASK_FAILED, "y", route="sensors", task=task))
+    new = stream.add(DeadLetter(Reason.TASK_FAILED, "y", route="sensors", task=task))
 
     def ids(which: LetterFilter) -> list[str]:
-        return [letter.id for letter in store.scan(which)]
+        return [letter.id for letter in stream.scan(which)]
 
     assert ids(LetterFilter()) == [new, old]
     assert ids(LetterFilter(reasons=frozenset({Reason.SCHEMA}))) == [old]
@@ -125,11 +126,20 @@ def test_filters_pick_letters_by_reason_route_and_time(broker_redis: redis.Redis
     assert ids(LetterFilter(since=middle + timedelta(hours=1))) == []
 
 
-def test_the_store_is_capped(broker_redis: redis.Redis) -> None:
-    store = _store(broker_redis, maxlen=100)
+def test_the_stream_is_capped(broker_redis: redis.Redis) -> None:
+    stream = _stream(broker_redis, maxlen=100)
     for n in range(1000):
-        store.add(DeadLetter(Reason.NO_ROUTE, str(n)))
-    assert 100 <= len(store) < 300  # MAXLEN ~ trims whole nodes, never below the cap
+        stream.add(DeadLetter(Reason.NO_ROUTE, str(n)))
+    assert 100 <= len(stream) < 300  # MAXLEN ~ trims whole nodes, never below the cap
+
+
+def test_a_letters_kind_is_stored_as_message_or_task() -> None:
+    """Letters outlive the code that wrote them: their `kind` field holds these strings."""
+    task = FailedTask("tasks.sensors.record_reading", "id-1", "sensors", [{}], {})
+    assert DeadLetter(Reason.SCHEMA, "x").to_fields()["kind"] == "message"
+    assert DeadLetter(Reason.TASK_FAILED, "y", task=task).to_fields()["kind"] == "task"
+    stored = DeadLetter.from_fields("1-0", {"kind": "task", "reason": "task_failed"})
+    assert stored.kind is LetterKind.TASK
 
 
 def test_passwords_in_urls_never_reach_a_letter() -> None:
@@ -147,7 +157,7 @@ def test_passwords_in_urls_never_reach_a_letter() -> None:
 @pytest.fixture
 def letters_of_every_kind(
     broker_redis: redis.Redis, bridge: Process, worker: Process, topic_prefix: str
-) -> Iterator[DeadLetterStore]:
+) -> Iterator[DeadLetterStream]:
     """One valid reading and one bad message of each bridge reason, published and settled."""
     oversize = _reading(9, "x" * get_settings().bridge.max_payload_bytes)
     messages = [
@@ -160,18 +170,18 @@ def letters_of_every_kind(
         RawMessage(f"{topic_prefix}sensors/dev:1 *x/reading", _reading(5), {}),
     ]
     publish(get_settings().mqtt, messages, rate=0, total=len(messages), show_progress=False)
-    store = _store(broker_redis)
-    wait_for(lambda: len(store) >= 6, 30, "six dead letters")
+    stream = _stream(broker_redis)
+    wait_for(lambda: len(stream) >= 6, 30, "six dead letters")
     key = redis_keys.effect(get_settings().key_prefix, "reading", "dev-1")
     wait_for(lambda: broker_redis.exists(key) == 1, 30, "the valid reading to be stored")
-    yield store
+    yield stream
     assert bridge.popen is not None
     assert bridge.popen.poll() is None, "the bridge died"
     assert bridge.starts == 1
 
 
 def test_every_bad_input_becomes_one_letter_with_its_reason(
-    letters_of_every_kind: DeadLetterStore, topic_prefix: str
+    letters_of_every_kind: DeadLetterStream, topic_prefix: str
 ) -> None:
     letters = {letter.reason: letter for letter in letters_of_every_kind.scan()}
     assert set(letters) == {
@@ -191,14 +201,14 @@ def test_every_bad_input_becomes_one_letter_with_its_reason(
 
 
 def test_list_show_replay_after_fixing_the_routes_and_purge(
-    letters_of_every_kind: DeadLetterStore, broker_redis: redis.Redis
+    letters_of_every_kind: DeadLetterStream, broker_redis: redis.Redis
 ) -> None:
-    store = letters_of_every_kind
+    stream = letters_of_every_kind
     listed = taskhub_cli("deadletter", "list")
     for reason in ("no_route", "invalid_utf8", "invalid_json", "schema", "payload_too_large"):
         assert reason in listed
     assert "6 shown of 6 stored" in listed
-    (schema,) = store.scan(LetterFilter(reasons=frozenset({Reason.SCHEMA})))
+    (schema,) = stream.scan(LetterFilter(reasons=frozenset({Reason.SCHEMA})))
     shown = taskhub_cli("deadletter", "show", schema.id)
     assert "21.5 C" in shown
     assert "value" in shown
@@ -206,7 +216,7 @@ def test_list_show_replay_after_fixing_the_routes_and_purge(
     # With today's routes nothing can be taken back: every letter is still refused, none lost.
     unchanged = taskhub_cli("deadletter", "replay", "--all")
     assert "replay: enqueued=0 still_refused=6 skipped=0" in unchanged
-    assert len(store) == 6
+    assert len(stream) == 6
 
     # The fix: a model that reads values with units, a route for the new topic.
     fixed = taskhub_cli(
@@ -216,7 +226,7 @@ def test_list_show_replay_after_fixing_the_routes_and_purge(
     assert "replay: enqueued=2 still_refused=0 skipped=0" in fixed
     done = [_done_key("dev-1", _reading(seq)) for seq in (2, 4)]  # "21.5 C" now reads 21.5
     wait_for(lambda: broker_redis.exists(*done) == 2, 30, "the replayed readings to run")
-    assert len(store) == 4
+    assert len(stream) == 4
     again = taskhub_cli(
         "deadletter", "replay", "--reason", "schema", env={"TASKHUB_ROUTES": FIXED_ROUTES}
     )
@@ -224,7 +234,7 @@ def test_list_show_replay_after_fixing_the_routes_and_purge(
 
     purged = taskhub_cli("deadletter", "purge", "--reason", "invalid_utf8", "--yes")
     assert "purge: deleted=1" in purged
-    assert {letter.reason for letter in store.scan()} == {
+    assert {letter.reason for letter in stream.scan()} == {
         Reason.INVALID_JSON,
         Reason.PAYLOAD_TOO_LARGE,
         Reason.BAD_TOPIC_PARAMETER,
@@ -234,13 +244,13 @@ def test_list_show_replay_after_fixing_the_routes_and_purge(
 def test_replaying_one_letter_twice_runs_its_task_once(
     broker_redis: redis.Redis, worker: Process, topic_prefix: str
 ) -> None:
-    store = _store(broker_redis)
+    stream = _stream(broker_redis)
     topic = f"{topic_prefix}sensors/dev-7/reading"
     letter = DeadLetter(
         Reason.SCHEMA, "value: not a number", topic=topic, payload=_reading(7, "3 C")
     )
-    first = store.add(letter)
-    second = store.add(letter)  # the same message dead-lettered twice (an MQTT redelivery)
+    first = stream.add(letter)
+    second = stream.add(letter)  # the same message dead-lettered twice (an MQTT redelivery)
     replayed = taskhub_cli(
         "deadletter", "replay", first, second, env={"TASKHUB_ROUTES": FIXED_ROUTES}
     )
@@ -251,7 +261,7 @@ def test_replaying_one_letter_twice_runs_its_task_once(
         30,
         "the second copy to be absorbed",
     )
-    assert len(store) == 0
+    assert len(stream) == 0
 
 
 # Tasks that fail for good.
@@ -293,9 +303,9 @@ def test_a_task_that_fails_for_good_is_dead_lettered_and_shows_as_failure(
 
     failure, _ = failing_worker
     result = resolve_checkin.delay(checkin_tweet("700", "abcdef1"), city="nyc")
-    store = _store(broker_redis)
-    wait_for(lambda: len(store) == 1, 30, "the failed task's dead letter")
-    (letter,) = store.scan()
+    stream = _stream(broker_redis)
+    wait_for(lambda: len(stream) == 1, 30, "the failed task's dead letter")
+    (letter,) = stream.scan()
     assert letter.reason is Reason.TASK_FAILED
     assert letter.task is not None
     assert letter.task.task_id == result.id
@@ -342,4 +352,4 @@ def test_dead_letters_are_also_published_to_the_configured_mqtt_topic(
     assert fields["reason"] == "invalid_json"
     assert fields["topic"] == bad.topic
     assert fields["payload"] == "{not json"
-    assert len(_store(broker_redis)) == 1  # the stream holds the letter as well
+    assert len(_stream(broker_redis)) == 1  # the stream holds the letter as well

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
 
-from bridge.service import SHUTDOWN_GRACE_SECONDS
+from bridge.loop import SHUTDOWN_GRACE_SECONDS
 from taskhub.routes import ROUTES, RouteTable, WorkerPool
 from taskhub.settings import Settings, TaskSettings, known_variables
 from tests.support import keda_schema

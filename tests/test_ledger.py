@@ -17,7 +17,7 @@ from rig.processes import start_worker as start_worker_process
 from rig.processes import wait_for
 from rig.servers import RedisServer
 from taskhub import redis_keys
-from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStore
+from taskhub.deadletters import DEFAULT_MAXLEN, DeadLetterStream
 from taskhub.demo.standin import StandinServer
 from taskhub.ledger import LedgerEntry, LedgerKeys, record
 from taskhub.settings import get_settings
@@ -49,12 +49,19 @@ def _pop(client: redis.Redis) -> bytes:
     return raw
 
 
-def _letters(client: redis.Redis, maxlen: int = DEFAULT_MAXLEN) -> DeadLetterStore:
-    return DeadLetterStore(client, get_settings().key_prefix, maxlen)
+def _letters(client: redis.Redis, maxlen: int = DEFAULT_MAXLEN) -> DeadLetterStream:
+    return DeadLetterStream(client, get_settings().key_prefix, maxlen)
 
 
 def _sweeper(client: redis.Redis, keys: LedgerKeys, maxlen: int = DEFAULT_MAXLEN) -> Sweeper:
     return Sweeper(client, keys, ["checkins"], grace=0, letters=_letters(client, maxlen))
+
+
+def test_a_ledger_entry_in_the_json_form_of_older_bridges_still_reads() -> None:
+    raw = json.dumps({"queue": "checkins", "body": '{"x": 1}', "sweeps": 2})
+    entry = LedgerEntry("id-1", "checkins", '{"x": 1}', 2)
+    assert LedgerEntry.decode("id-1", raw.encode()) == entry
+    assert LedgerEntry.decode("id-1", entry.encode()) == entry
 
 
 def test_only_the_task_lost_after_leaving_its_queue_is_enqueued_again(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import redis
 
 from rig.processes import Process, wait_for
-from taskhub.deadletters import DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetterStream, Reason
 from taskhub.demo.feed import publish
 from taskhub.intake import RawMessage
 from taskhub.settings import get_settings
@@ -105,13 +105,13 @@ def test_a_flood_of_malformed_messages_among_valid_ones(
     started = time.monotonic()
     sent = publish(get_settings().mqtt, stream, rate=500, total=len(stream), show_progress=False)
     assert sent == len(stream)
-    store = DeadLetterStore(broker_redis, get_settings().key_prefix)
-    wait_for(lambda: len(store) >= MALFORMED, 60, f"{MALFORMED} dead letters")
+    letters = DeadLetterStream(broker_redis, get_settings().key_prefix)
+    wait_for(lambda: len(letters) >= MALFORMED, 60, f"{MALFORMED} dead letters")
     wait_for(lambda: stored_checkins(broker_redis, valid_ids) == VALID, 120, "every valid check-in")
     seconds = time.monotonic() - started
 
-    assert len(store) == MALFORMED
-    found = Counter(letter.reason for letter in store.scan())
+    assert len(letters) == MALFORMED
+    found = Counter(letter.reason for letter in letters.scan())
     assert found == Counter(reason for reason, _ in bad)
     assert bridge.popen is not None
     assert bridge.popen.poll() is None, "the bridge died"
@@ -120,6 +120,6 @@ def test_a_flood_of_malformed_messages_among_valid_ones(
     tally = " ".join(f"{reason.value}={count}" for reason, count in sorted(found.items()))
     print(
         f"\nflood: valid={VALID} processed={stored_checkins(broker_redis, valid_ids)} "
-        f"malformed={MALFORMED} dead_lettered={len(store)} ({tally}) bridge_restarts=0 "
+        f"malformed={MALFORMED} dead_lettered={len(letters)} ({tally}) bridge_restarts=0 "
         f"seconds={seconds:.1f}"
     )

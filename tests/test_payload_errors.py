@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from rig.processes import wait_for
-from taskhub.deadletters import DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetterStream, Reason
 from taskhub.payloads import InvalidPayload
 from taskhub.settings import get_settings
 from tests.conftest import checkin_tweet
@@ -54,9 +54,9 @@ def test_a_bad_payload_sent_past_the_check_fails_get_in_words_once_and_is_dead_l
 
     with pytest.raises(InvalidPayload, match=f"^{NO_LINK}$"):
         result.get(timeout=TIMEOUT)
-    store = DeadLetterStore(broker_redis, get_settings().key_prefix)
-    wait_for(lambda: len(store) == 1, TIMEOUT, "the bad payload's dead letter")
-    (letter,) = store.scan()
+    stream = DeadLetterStream(broker_redis, get_settings().key_prefix)
+    wait_for(lambda: len(stream) == 1, TIMEOUT, "the bad payload's dead letter")
+    (letter,) = stream.scan()
     assert letter.reason is Reason.TASK_FAILED
     assert letter.task is not None
     assert letter.task.exception == "taskhub.payloads.InvalidPayload"

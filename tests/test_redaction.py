@@ -17,7 +17,7 @@ from bridge.publisher import RedisPublisher
 from rig.isolation import free_port
 from rig.processes import WORKER_READY, Process, celery, python_module, wait_for
 from taskhub import redaction
-from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, Reason
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import RedactingFilter, redact, redact_document, redact_logs
 from taskhub.settings import get_settings, load_settings
@@ -207,8 +207,8 @@ def test_a_worker_never_logs_a_password_its_task_failure_quotes(
     publisher = RedisPublisher(settings.broker_url.get_secret_value(), [URL_ERRORS_QUEUE], ledger)
     publisher.land([Outbound.task(call, MessageBuilder())])
 
-    store = DeadLetterStore(broker_redis, settings.key_prefix)
-    wait_for(lambda: len(store) == 1, 30, "the failed task's dead letter")
+    stream = DeadLetterStream(broker_redis, settings.key_prefix)
+    wait_for(lambda: len(stream) == 1, 30, "the failed task's dead letter")
     url_error_worker.wait_output("dead-lettered as task_failed", timeout=10)
     output = url_error_worker.output()
     assert "raised unexpected: RuntimeError" in output  # Celery's failure line, with traceback
@@ -217,6 +217,6 @@ def test_a_worker_never_logs_a_password_its_task_failure_quotes(
     masked = "cannot reach redis://:***@10.0.0.1:6379/0?token=***"
     assert redact(f"cannot reach {FAILING_URL}") == masked
     assert masked in output
-    (letter,) = store.scan()
+    (letter,) = stream.scan()
     assert letter.detail == f"RuntimeError: {masked}"
     assert URL_PASSWORD not in str(letter.to_fields())

@@ -13,7 +13,7 @@ import redis
 
 from rig.processes import Process, wait_for
 from taskhub import redis_keys
-from taskhub.deadletters import DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetterStream, Reason
 from taskhub.settings import get_settings
 from taskhub.task_messages import MessageBuilder, TaskCall
 
@@ -38,8 +38,8 @@ def _reading_call(device: str, seq: int) -> TaskCall:
     )
 
 
-def _store(client: redis.Redis) -> DeadLetterStore:
-    return DeadLetterStore(client, get_settings().key_prefix)
+def _stream(client: redis.Redis) -> DeadLetterStream:
+    return DeadLetterStream(client, get_settings().key_prefix)
 
 
 def test_a_pickled_message_pushed_into_a_queue_is_refused_recorded_and_never_run(
@@ -61,7 +61,7 @@ def test_a_pickled_message_pushed_into_a_queue_is_refused_recorded_and_never_run
         30,
         "the valid task after the hostile one to run",
     )
-    letters = list(_store(broker_redis).scan())
+    letters = list(_stream(broker_redis).scan())
     assert [letter.reason for letter in letters] == [Reason.CONTENT_DISALLOWED]
     (letter,) = letters
     assert letter.payload == hostile  # the bytes kept exactly, for inspection
@@ -80,9 +80,9 @@ def test_a_task_name_no_worker_knows_is_recorded_and_replayable(
     call = _reading_call("ghost", 3)
     unknown = TaskCall("tasks.sensors.no_such_task", call.task_id, "sensors", call.args, {})
     broker_redis.lpush("sensors", MessageBuilder().build(unknown))
-    store = _store(broker_redis)
-    wait_for(lambda: len(store) == 1, 30, "the unknown task to be dead-lettered")
-    (letter,) = store.scan()
+    stream = _stream(broker_redis)
+    wait_for(lambda: len(stream) == 1, 30, "the unknown task to be dead-lettered")
+    (letter,) = stream.scan()
     assert letter.reason is Reason.UNKNOWN_TASK
     assert letter.task is not None
     assert (letter.task.name, letter.task.task_id) == ("tasks.sensors.no_such_task", call.task_id)

@@ -1,5 +1,6 @@
 """Importing taskhub reads no settings, so what a process sets before its first use is what it
-gets, whatever it imported first; a bad setting still stops a worker at start, in one line."""
+gets, whatever it imported first; a bad setting still stops a worker at start, in one line. What a
+route table imports loads no Celery either."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rig.processes import celery
 
 IMPORTS = (
     "import taskhub.celery, taskhub.deadletter_commands, taskhub.deadletter_replay, "
-    "tasks.checkins, tasks.sensors, tasks.failures, bridge.service"
+    "tasks.checkins, tasks.sensors, tasks.failures, bridge.loop"
 )
 
 
@@ -34,6 +35,19 @@ def test_importing_the_celery_app_and_its_tasks_reads_no_settings() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "0", "settings were read while importing"
+
+
+def test_what_a_route_table_imports_loads_no_celery() -> None:
+    done = _run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, taskhub, taskhub.routes, taskhub.topics, taskhub.settings; "
+            "print(sorted(name for name in sys.modules if name.partition('.')[0] == 'celery'))",
+        ],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", "importing taskhub loaded Celery"
 
 
 def test_the_tasks_retry_policy_comes_from_the_settings_of_first_use() -> None:

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 from bridge.spool import Spool, SpoolFailed, SpoolFull
 
 
 def _items(start: int, count: int) -> list[Outbound]:
-    return [Outbound(Kind.TASK, "checkins", f'{{"n": {n}}}') for n in range(start, start + count)]
+    return [
+        Outbound(OutboundKind.TASK, "checkins", f'{{"n": {n}}}')
+        for n in range(start, start + count)
+    ]
 
 
 def test_spooled_items_come_back_oldest_first_across_a_restart(tmp_path: Path) -> None:
@@ -27,6 +30,17 @@ def test_spooled_items_come_back_oldest_first_across_a_restart(tmp_path: Path) -
     reopened.remove_through(last)
     assert len(reopened) == 1
     assert reopened.oldest(10)[1] == _items(4, 1)
+
+
+def test_a_spool_keeps_reading_the_kinds_it_stored_before(tmp_path: Path) -> None:
+    """Spool rows outlive the code that wrote them: the kind column holds these strings."""
+    spool = Spool(tmp_path / "s.sqlite3", max_messages=100)
+    spool._db.executemany(
+        "INSERT INTO spool (kind, key, body, task_id) VALUES (?, ?, ?, ?)",
+        [("task", "checkins", "{}", "id-1"), ("dead_letter", "taskhub:deadletters", "{}", "")],
+    )
+    kinds = [item.kind for item in spool.oldest(10)[1]]
+    assert kinds == [OutboundKind.TASK, OutboundKind.DEAD_LETTER]
 
 
 def test_a_full_spool_refuses_the_whole_batch(tmp_path: Path) -> None:
@@ -52,7 +66,7 @@ def test_a_disk_that_refuses_a_write_leaves_the_spool_as_it_was(tmp_path: Path) 
     pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
     spool._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
     with pytest.raises(SpoolFailed, match="full"):
-        spool.append([Outbound(Kind.TASK, "checkins", "x" * 100_000)])
+        spool.append([Outbound(OutboundKind.TASK, "checkins", "x" * 100_000)])
     assert len(spool) == 2
     assert spool.oldest(10)[1] == _items(0, 2)
     spool._db.execute("PRAGMA max_page_count=1073741823")

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from rig.processes import wait_for
-from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, Reason
 from taskhub.settings import get_settings
 from taskhub.telemetry.beats import WorkerBeat, record_beat
 from tests.conftest import checkin_tweet
@@ -107,15 +107,15 @@ def test_dead_letters_are_counted_by_reason_for_the_last_hour_and_in_total(
     broker_redis: redis.Redis,
 ) -> None:
     settings = get_settings()
-    store = DeadLetterStore(broker_redis, settings.key_prefix)
+    stream = DeadLetterStream(broker_redis, settings.key_prefix)
     for reason, count in ((Reason.INVALID_JSON, 3), (Reason.NO_ROUTE, 1)):
         for _ in range(count):
-            store.add(DeadLetter(reason=reason, detail="test", topic="t", payload=b"x"))
+            stream.add(DeadLetter(reason=reason, detail="test", topic="t", payload=b"x"))
     old = DeadLetter(reason=Reason.NO_ROUTE, detail="old", topic="t", payload=b"x")
     with broker_redis.pipeline() as pipe:  # counted two hours ago: in the total only
         from taskhub.deadletters import count_letter
 
-        count_letter(pipe, store.key, old.reason.value, now=time.time() - 7200)
+        count_letter(pipe, stream.key, old.reason.value, now=time.time() - 7200)
         pipe.execute()
 
     letters = json.loads(status("--json").stdout)["deadletters"]

@@ -18,7 +18,7 @@ from bridge.publisher import RedisPublisher
 from rig.processes import WORKER_READY, Process, celery, wait_for
 from rig.servers import RedisServer
 from taskhub import redis_keys
-from taskhub.deadletters import DeadLetter, DeadLetterStore, Reason
+from taskhub.deadletters import DeadLetter, DeadLetterStream, Reason
 from taskhub.ledger import LedgerKeys
 from taskhub.redis_keys import KOMBU_UNACKED
 from taskhub.settings import get_settings
@@ -109,7 +109,7 @@ def _enqueue(task: str, identity: str, dose: dict[str, float]) -> str:
 
 
 def _letters(client: redis.Redis) -> list[DeadLetter]:
-    return list(DeadLetterStore(client, get_settings().key_prefix).scan())
+    return list(DeadLetterStream(client, get_settings().key_prefix).scan())
 
 
 def _runs(client: redis.Redis, task_id: str) -> list[str]:
@@ -360,12 +360,12 @@ def test_replaying_a_worker_lost_letter_gives_the_task_its_runs_back(
     task_id = deterministic_task_id(KILL, "replayed")
     key = redis_keys.worker_losses(settings.key_prefix, task_id, 0)
     broker_redis.set(key, LETTERED)
-    store = DeadLetterStore(broker_redis, settings.key_prefix)
+    stream = DeadLetterStream(broker_redis, settings.key_prefix)
     failed = FailedTask(KILL, task_id, POISON_QUEUE, [{}], {"kind": "x"}, "WorkerLostTooOften")
-    store.add(DeadLetter(Reason.WORKER_LOST, "lost 3 times", route=POISON_QUEUE, task=failed))
+    stream.add(DeadLetter(Reason.WORKER_LOST, "lost 3 times", route=POISON_QUEUE, task=failed))
     routes = RouteTable([route for route in poison_routes.ROUTES if route.queue == POISON_QUEUE])
-    replayer = Replayer.for_routes(store, routes, settings)
-    report = replayer.replay(store.scan())
+    replayer = Replayer.for_routes(stream, routes, settings)
+    report = replayer.replay(stream.scan())
     assert len(report.replayed) == 1, report
     assert broker_redis.exists(key) == 0
     assert broker_redis.llen(POISON_QUEUE) == 1

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from taskhub import redis_keys
-from taskhub.deadletters import DeadLetterStore
+from taskhub.deadletters import DeadLetterStream
 from taskhub.deferral import sent_at_of
 from taskhub.telemetry.beats import WorkerBeat, worker_beats
 
@@ -101,7 +101,7 @@ class QueueCollector(Collector):
         self.client = client
         self.key_prefix = key_prefix
         self.queues = list(queues)
-        self.letters = DeadLetterStore(client, key_prefix)
+        self.letters = DeadLetterStream(client, key_prefix)
 
     def collect(self) -> Iterator[Metric]:
         states = read_queues(self.client, self.queues, worker_beats(self.client, self.key_prefix))

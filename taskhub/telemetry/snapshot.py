@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from taskhub.deadletters import DeadLetterStore
+from taskhub.deadletters import DeadLetterStream
 from taskhub.telemetry.beats import BridgeBeat, WorkerBeat, bridge_beats, worker_beats
 from taskhub.telemetry.queues import QueueState, read_queues
 
@@ -84,7 +84,7 @@ def take(
         if earlier is not None and elapsed > 0:
             in_rate = max(0.0, out_rate + (state.depth - earlier.depth) / elapsed)
         readings.append(QueueReading(state, in_rate, out_rate))
-    letters = DeadLetterStore(client, key_prefix)
+    letters = DeadLetterStream(client, key_prefix)
     return Snapshot(
         taken_at=now,
         queues=readings,

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from bridge.backpressure import Memory
-from bridge.outbound import Kind, Outbound
+from bridge.outbound import Outbound, OutboundKind
 from bridge.publisher import PublishFailed, RedisFull
 
 UNREACHABLE = "ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
@@ -59,7 +59,7 @@ class FakeWriter:
             raise RedisFull(AT_MAXMEMORY)
         ids = []
         for item in items:
-            if item.kind is Kind.TASK:
+            if item.kind is OutboundKind.TASK:
                 if item.task_id in self.ledger:
                     self.repeated += 1
                 self.ledger.add(item.task_id)

@@ -104,7 +104,7 @@ class Bridge:
         """Decided at the stop: whether this replica leaves its share group for good."""
         self._drained = False
         self.settings = settings
-        self.deadletter_stream = redis_keys.deadletters(key_prefix)
+        self.deadletter_key = redis_keys.deadletters(key_prefix)
         self.counters = Counters()
         self.pending: deque[Pending] = deque()
         self._stop = threading.Event()
@@ -139,9 +139,9 @@ class Bridge:
             self.delivery.spool.close()
             self.delivery.publisher.close()
             log.info(
-                "bridge stopped: %s replayed=%d spool=%d swept_again=%d",
+                "bridge stopped: %s drained=%d spool=%d swept_again=%d",
                 self.counters.line(),
-                self.delivery.replayed,
+                self.delivery.drained,
                 len(self.delivery.spool),
                 self.sweeper.requeued,
             )
@@ -213,7 +213,7 @@ class Bridge:
         return True
 
     def turn(self) -> None:
-        """One pass of the loop: read, take, deliver and ack a batch if one is due, replay the
+        """One pass of the loop: read, take, deliver and ack a batch if one is due, drain the
         spool, and the timers (depth poll, heartbeat, state beat, sweep)."""
         now = self.clock.now
         self.turned_at = now()
@@ -230,7 +230,7 @@ class Bridge:
             self._flush()
         if not self.pending and self.source.shed_and_drained():
             self.source.reconnect_to_collect_shed()
-        self.delivery.replay()
+        self.delivery.drain_spool()
         if self.delivery.backpressure.paused and now() >= self._next_depth_poll:
             self._next_depth_poll = now() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
@@ -273,7 +273,7 @@ class Bridge:
             return Pending(received, None)
         verdict = self.intake.judge(received.message)
         if isinstance(verdict, DeadLetter):
-            outbound = Outbound.dead_letter(verdict, self.deadletter_stream)
+            outbound = Outbound.dead_letter(verdict, self.deadletter_key)
             return Pending(received, outbound, verdict, received.sent_at)
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
         if sent_at is None:
@@ -360,6 +360,7 @@ class Bridge:
         return self.clock.now() - started > SHUTDOWN_GRACE_SECONDS
 
     def _abandon(self, count: int, why: str) -> None:
+        """Give up `count` messages unacked: not lost, the broker sends them again."""
         if count:
             self.counters.abandoned += count
             log.warning("%d messages left unacked for the broker to redeliver: %s", count, why)
