@@ -5,9 +5,9 @@ paho reads every packet with three or more `recv` calls and builds an `MQTTMessa
 (MQTT 5) a `Properties` object for each; that cost more than all of the bridge's own work per
 message. paho still owns the connection: CONNECT, SUBSCRIBE, keepalive, QoS 2, TLS and every packet
 other than a QoS 0/1 PUBLISH go through its own handlers, fed from the same buffer.
-This leans on paho 2.x internals (`_packet_read`, `_in_packet`, `_packet_handle`, `_sock_recv`,
-`_packet_queue`, `_sock_close`); pyproject pins paho to the minor versions tests/test_bulk_client.py
-has proven.
+This leans on paho internals: `bridge.paho_internals.PAHO_INTERNALS` lists each with its reason,
+and importing this module fails in one line when the installed paho lacks one. pyproject pins paho
+to the minor versions tests/test_bulk_client.py has proven.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import time_func
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from bridge.paho_internals import require_paho_internals
+
+require_paho_internals()  # before anything below relies on them
+_paho_clock = mqtt.time_func
+"""paho's keepalive compares `_last_bytes_received` with this clock."""
 
 READ_CHUNK_BYTES = 256 * 1024
 """How much one `recv` may bring in: hundreds of small PUBLISH packets at once."""
@@ -150,7 +155,7 @@ class BulkClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         self._rx += data
         with self._msgtime_mutex:
-            self._last_bytes_received = time_func()
+            self._last_bytes_received = _paho_clock()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # One inline pass over the packet, a return per outcome: the hot path, profiled.
