@@ -38,6 +38,7 @@ PAHO_INTERNALS: dict[str, str] = {
     "Client._in_packet['command']": "the packet's first byte, for _packet_handle",
     "Client._in_packet['packet']": "the packet's body, for _packet_handle",
     "Client._in_packet['pos']": "where paho's decoders start reading the body",
+    "Client._in_packet['remaining_length']": "the body's length: a PINGREQ or PINGRESP has none",
     # State shared with paho's keepalive and connection handling.
     "Client._sock": "the connection's socket, None once it is closed",
     "Client._manual_ack": "whether a QoS 1 PUBLISH is acked at once or through ack()",
