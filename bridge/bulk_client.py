@@ -5,9 +5,9 @@ paho reads every packet with three or more `recv` calls and builds an `MQTTMessa
 (MQTT 5) a `Properties` object for each; that cost more than all of the bridge's own work per
 message. paho still owns the connection: CONNECT, SUBSCRIBE, keepalive, QoS 2, TLS and every packet
 other than a QoS 0/1 PUBLISH go through its own handlers, fed from the same buffer.
-This leans on paho 2.x internals (`_packet_read`, `_in_packet`, `_packet_handle`, `_sock_recv`,
-`_packet_queue`, `_sock_close`); pyproject pins paho to the minor versions tests/test_bulk_client.py
-has proven.
+This leans on paho internals: `bridge.paho_internals.PAHO_INTERNALS` lists each with its reason,
+and importing this module fails in one line when the installed paho lacks one. pyproject pins paho
+to the minor versions tests/test_bulk_client.py has proven.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import time_func
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from bridge.paho_internals import require_paho_internals
+
+require_paho_internals()  # before anything below relies on them
+_paho_clock = mqtt.time_func
+"""paho's keepalive compares `_last_bytes_received` with this clock."""
 
 READ_CHUNK_BYTES = 256 * 1024
 """How much one `recv` may bring in: hundreds of small PUBLISH packets at once."""
@@ -58,12 +63,28 @@ def _variable_byte_integer(buffer: bytearray, index: int, end: int) -> tuple[int
     raise _Malformed
 
 
+_PROPERTY_ERRORS = (struct.error, IndexError, KeyError, ValueError, MQTTException)
+"""What paho's property decoder raises on bytes that are not a property block (an unknown
+identifier is a KeyError, a value cut short an IndexError or struct.error, a bad string a
+ValueError)."""
+
+
 def decode_properties(raw: bytes) -> dict[str, Any]:
-    """A PUBLISH's MQTT 5 properties as paho names them; `raw` starts with their length."""
+    """A PUBLISH's MQTT 5 properties as paho names them; `raw` starts with their length.
+
+    The bulk path hands properties on undecoded, so a malformed block is found here, not when it
+    arrives: it raises MalformedPacket, and only that.
+    """
     if not raw:
         return {}
     properties = Properties(PacketTypes.PUBLISH)
-    properties.unpack(raw)
+    try:
+        properties.unpack(raw)
+    except MalformedPacket:
+        raise
+    except _PROPERTY_ERRORS as error:
+        # The type alone: a UnicodeDecodeError's text holds the bytes, which may be a secret.
+        raise MalformedPacket(f"malformed MQTT 5 properties ({type(error).__name__})") from error
     found: dict[str, Any] = properties.json()
     return found
 
@@ -90,7 +111,12 @@ class BulkClient(mqtt.Client):
         return self._next_packet_bounds() is not None
 
     def read_packets(self, limit: int) -> MQTTErrorCode:
-        """Handle up to `limit` packets, reading the socket only when none is buffered."""
+        """Handle up to `limit` packets, reading the socket only when none is buffered.
+
+        Whatever the broker sends, this raises nothing of its own: a malformed packet is
+        MQTT_ERR_PROTOCOL and a closed connection MQTT_ERR_CONN_LOST, as paho's `loop_read` says
+        (tests/test_fuzz_publish.py). Only the sink's and paho's callbacks' exceptions come through.
+        """
         for _ in range(limit):
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -150,7 +176,7 @@ class BulkClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         self._rx += data
         with self._msgtime_mutex:
-            self._last_bytes_received = time_func()
+            self._last_bytes_received = _paho_clock()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # One inline pass over the packet, a return per outcome: the hot path, profiled.
@@ -204,6 +230,7 @@ class BulkClient(mqtt.Client):
         self._in_packet["command"] = command
         self._in_packet["packet"] = body
         self._in_packet["pos"] = 0
+        self._in_packet["remaining_length"] = len(body)  # a PINGREQ/PINGRESP must have no body
         try:
             return self._packet_handle()
         except MalformedPacket as error:
@@ -212,6 +239,7 @@ class BulkClient(mqtt.Client):
         finally:
             self._in_packet["command"] = 0
             self._in_packet["packet"] = bytearray()
+            self._in_packet["remaining_length"] = 0
 
     # -- acknowledging -----------------------------------------------------------------------
 

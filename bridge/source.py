@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -39,6 +40,8 @@ SESSION_TAKEN_OVER = 0x8E
 """MQTT 5 DISCONNECT reason: another connection took this client id's session."""
 CLOSE_TIMEOUT_SECONDS = 5.0
 """At shutdown, how long to wait for the acks to be written and read by the broker."""
+UNDECODABLE_PROPERTIES = "undecodable"
+"""A dead letter's only property when its message's MQTT 5 properties could not be decoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,19 @@ def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
         return {}
     found = properties.json() if hasattr(properties, "json") else {}
     return {key: value for key, value in found.items() if value not in (None, [], "")}
+
+
+def _letter_properties(raw: bytes) -> dict[str, Any]:
+    """A bulk-path message's MQTT 5 properties, decoded only when a dead letter needs them.
+
+    The bulk path takes a property block as it comes, so one that cannot be decoded (a broker let
+    it through) shows up here; the letter then says why instead of the bridge stopping on it. The
+    bytes are left out: they may hold a secret, which redaction only finds in decoded properties.
+    """
+    try:
+        return decode_properties(raw)
+    except MalformedPacket as error:
+        return {UNDECODABLE_PROPERTIES: str(error)}
 
 
 class MqttSource:
@@ -364,7 +380,7 @@ class MqttSource:
         if self._shedding():
             return
         if properties:
-            lazy: Any = functools.partial(decode_properties, properties)
+            lazy: Any = functools.partial(_letter_properties, properties)
             sent_at = from_raw_properties(properties)
         else:
             lazy, sent_at = dict, None
