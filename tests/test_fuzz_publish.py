@@ -314,7 +314,7 @@ def test_a_message_whose_properties_cannot_be_decoded_still_gets_its_dead_letter
     must be written, not raise in the bridge's loop (the message would come back forever)."""
     routes = route_table("fuzz/")
     source = MqttSource(MqttSettings(), routes)
-    source._on_publish("elsewhere/x", b"{}", 7, 1, False, b"\x01\x01")  # noqa: SLF001
+    source._on_bulk_message("elsewhere/x", b"{}", 7, 1, False, b"\x01\x01")  # noqa: SLF001
 
     verdict = Intake(routes, 1024).judge(source.take(1)[0].message)
 
