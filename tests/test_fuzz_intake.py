@@ -22,8 +22,9 @@ from taskhub.routes import SAFE_PARAMETER, route_table
 from taskhub.task_messages import MessageBuilder, TaskCall
 
 # No server, but a minute of CPU on purpose (docs/decisions.md, "Fuzzing budget"): it runs with
-# the slow tier, so that `-m "not e2e"` stays under a minute.
-pytestmark = pytest.mark.e2e
+# the slow tier, so that `-m "not e2e"` stays under a minute. Not traced for coverage: tracing
+# 10,000 cases more than doubles that minute of CI, and the intake's branches are covered anyway.
+pytestmark = [pytest.mark.e2e, pytest.mark.no_cover]
 
 CASES_PER_TEST = 3_400
 MIN_CASES = 10_000
