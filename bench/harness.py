@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 import redis
 
 from rig.isolation import claim_redis_db, release_redis_db
+from rig.processes import wait_for
 from rig.servers import MosquittoServer
 
 TOPIC_PREFIX = "bench/"
@@ -85,13 +85,8 @@ def use_stage(found: Stage, client_id: str) -> None:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `condition` until it holds; the monotonic time it first did. Fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
-    return time.monotonic()
+    """rig's wait, polling finely enough to time a run by; the monotonic time it first held."""
+    return wait_for(condition, timeout, what, poll=POLL_SECONDS)
 
 
 def peak_rss_mb(pid: int) -> float:

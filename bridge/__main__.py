@@ -76,12 +76,7 @@ def build_bridge(settings: Settings) -> Bridge:
     delivery = Delivery(
         publisher,
         spool,
-        Backpressure(
-            bridge_settings.high_watermark,
-            bridge_settings.low_watermark,
-            bridge_settings.memory_high_watermark,
-            bridge_settings.memory_low_watermark,
-        ),
+        Backpressure.for_bridge(bridge_settings),
         Backoff(bridge_settings.redis_retry_min_delay, bridge_settings.redis_retry_max_delay),
     )
     replica = Replica(

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from taskhub.settings import BridgeSettings
+
 log = logging.getLogger("taskhub.bridge")
 
 
@@ -35,6 +37,16 @@ class Backpressure:
         self.memory_low = memory_low
         self.queues_full = False
         self.memory_full = False
+
+    @classmethod
+    def for_bridge(cls, settings: BridgeSettings) -> Backpressure:
+        """The watermarks the bridge's settings name."""
+        return cls(
+            settings.high_watermark,
+            settings.low_watermark,
+            settings.memory_high_watermark,
+            settings.memory_low_watermark,
+        )
 
     @property
     def paused(self) -> bool:

@@ -17,13 +17,17 @@ BRIDGE_READY = "mqtt subscribed to"
 WORKER_READY = " ready."
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Return once `condition()` holds; fail with `what` after `timeout` seconds."""
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, poll: float = POLL_SECONDS
+) -> float:
+    """Return once `condition()` holds, with the monotonic time it first did (benchmarks time
+    by it, polling finer); fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
+    return time.monotonic()
 
 
 class Process:

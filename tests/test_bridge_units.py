@@ -136,12 +136,7 @@ def make_rig(
     delivery = Delivery(
         writer,
         spool,
-        Backpressure(
-            bridge_settings.high_watermark,
-            bridge_settings.low_watermark,
-            bridge_settings.memory_high_watermark,
-            bridge_settings.memory_low_watermark,
-        ),
+        Backpressure.for_bridge(bridge_settings),
         Backoff(RETRY_MIN, RETRY_MAX, clock),
         clock,
     )
