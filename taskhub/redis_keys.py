@@ -141,3 +141,12 @@ def bridge_lease(prefix: str, client_id: str) -> str:
 def bridge_group(prefix: str, share_group: str) -> str:
     """Sorted set: client id -> when that member of the share group was last heard from. No TTL."""
     return f"{prefix}:bridge:group:{share_group}"
+
+
+# Replies to MQTT 5 requests (taskhub/replies.py): workers and bridges add, bridges publish.
+
+
+def reply_outbox(prefix: str) -> str:
+    """Stream: replies waiting to be published to MQTT (Reply.entry fields); capped by length,
+    read by the bridges' consumer group, each entry deleted once its PUBACK came."""
+    return f"{prefix}:replies:outbox"

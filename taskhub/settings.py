@@ -341,6 +341,22 @@ class TelemetrySettings(_Block):
     """How often bridges and workers record their state in Redis for `taskhub status`."""
 
 
+class ReplySettings(_Block):
+    """Replies to MQTT 5 requests (docs/requests.md)."""
+
+    allowed_topics: tuple[str, ...] = ("replies/#",)
+    """MQTT topic filters, below TASKHUB_TOPIC_PREFIX, that a request's Response Topic must
+    match; any other is refused and dead-lettered (response_topic_refused), so no client can make
+    taskhub publish where it likes. Empty refuses every request."""
+
+
+class TracingSettings(_Block):
+    """OpenTelemetry traces from publish to HTTP call (docs/tracing.md). Off by default."""
+
+    enabled: bool = False
+    """Trace every message; on too whenever OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+
+
 class Settings(BaseSettings):
     """taskhub's whole configuration. Nested blocks read `TASKHUB_<BLOCK>__<FIELD>`."""
 
@@ -372,6 +388,8 @@ class Settings(BaseSettings):
     standin: StandinSettings = StandinSettings()
     flower: FlowerSettings = FlowerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    replies: ReplySettings = ReplySettings()
+    tracing: TracingSettings = TracingSettings()
 
     @property
     def store_redis_url(self) -> str:

@@ -43,6 +43,9 @@ class TaskCall:
     queue: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    headers: Mapping[str, Any] | None = None
+    """Extra message headers, as `apply_async(headers=...)` adds them: a reply address
+    (taskhub/replies.py) or a trace context (taskhub/tracing.py)."""
 
 
 def deterministic_task_id(task: str, identity: str) -> str:
@@ -134,12 +137,21 @@ class MessageBuilder:
             f'"kwargsrepr": {_json_string(argsrepr(call.kwargs, ARGSREPR_MAX))}, '
             f'"origin": {self._origin}, "ignore_result": {ignore_result}, '
             f'"replaced_task_nesting": 0, '
-            f'"stamped_headers": null, "stamps": {{}}, "{SENT_AT_HEADER}": {time.time()!r}}}, '
+            f'"stamped_headers": null, "stamps": {{}}, "{SENT_AT_HEADER}": {time.time()!r}'
+            f"{_extra_headers(call.headers)}}}, "
             f'"properties": {{"correlation_id": {task_id}, "reply_to": {self._reply_to}, '
             f'"delivery_mode": 2, "delivery_info": {{"exchange": "", '
             f'"routing_key": {_quoted(call.queue)}}}, "priority": 0, '
             f'"body_encoding": "base64", "delivery_tag": "{random_uuid()}"}}}}'
         )
+
+
+def _extra_headers(headers: Mapping[str, Any] | None) -> str:
+    if not headers:
+        return ""
+    return "".join(
+        f", {_json_string(name)}: {json.dumps(value)}" for name, value in headers.items()
+    )
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -17,6 +17,7 @@ def test_every_key_name_is_the_string_data_in_redis_is_stored_under() -> None:
     assert redis_keys.KOMBU_UNACKED == "unacked"
     assert redis_keys.kombu_priority_lists("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
     assert redis_keys.ledger(p) == "pre.fix:ledger"
+    assert redis_keys.reply_outbox(p) == "pre.fix:replies:outbox"
     assert redis_keys.ledger_entries(p) == "pre.fix:ledger:entries"
     assert redis_keys.ledger_sweep_lock(p) == "pre.fix:ledger:sweeping"
     assert redis_keys.deadletters(p) == "pre.fix:deadletters"
