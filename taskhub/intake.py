@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from taskhub.deadletters import DeadLetter, Reason
+from taskhub.replies import ReplyAddress
 from taskhub.routes import RouteTable
 from taskhub.task_messages import TaskCall, deterministic_task_id
 
@@ -26,6 +27,12 @@ class RawMessage:
     properties: dict[str, Any] | Callable[[], dict[str, Any]]
     """The MQTT properties, or how to read them: decoding them costs as much as the rest of a
     message's handling, and only a dead letter needs them."""
+
+    reply: ReplyAddress | None = None
+    """Where to reply: the message's MQTT 5 Response Topic and Correlation Data, if it has them."""
+    trace: Mapping[str, str] | None = None
+    """Its W3C trace context (`traceparent`, `tracestate`) from MQTT 5 user properties, read only
+    while tracing is on."""
 
     def mqtt_properties(self) -> dict[str, Any]:
         return self.properties() if callable(self.properties) else self.properties
