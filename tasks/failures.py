@@ -2,7 +2,9 @@
 replayed.
 
 "For good" means Celery gave up: a non-retryable error, or retries exhausted. The task still shows
-as FAILURE in the result backend and Flower; the letter is what lets an operator act on it.
+as FAILURE in the result backend and Flower; the letter is what lets an operator act on it. A task
+that answers an MQTT 5 request replies FAILED as well (tasks/replies.py), with the letter's reason
+and detail.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from celery.exceptions import Reject
 from celery.signals import task_failure
 
 from taskhub.deadletters import DeadLetter, FailedTask, Reason, deadletter_stream
+from taskhub.redaction import redact
 from taskhub.telemetry.deadletter_log import log_dead_letter
 from taskhub.worker_losses import WorkerLostTooOften
+from tasks import replies
 from tasks.ledger import INFRASTRUCTURE_ERRORS
 
 log = logging.getLogger("taskhub.worker")
@@ -89,6 +93,7 @@ def record_failed_task(
         log_dead_letter(letter, deadletter_stream().add(letter))
     except redis.RedisError as error:
         log.error("task %s failed and could not be dead-lettered: %s", task_id, error)
+    replies.reply_failed(sender, task_id, letter.reason.value, redact(letter.detail))
 
 
 def _lost_too_many_workers(exception: BaseException) -> bool:

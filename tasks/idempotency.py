@@ -4,6 +4,9 @@ A task's Redis writes commit in one transaction with its done-marker, watched so
 running at once cannot both commit. A copy that finds the marker (an MQTT redelivery, a spool
 chunk drained twice, a Celery redelivery after a lost worker) does nothing and returns a small
 answer saying so. Duplicates absorbed this way are counted per task.
+
+A task that answers an MQTT 5 request (tasks/replies.py) adds its OK reply to the outbox in the
+same transaction, and its marker keeps the result, so that a duplicate replies with it again.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from celery.exceptions import Reject
 from redis.client import Pipeline
 
 from taskhub import redis_keys
+from taskhub.replies import Reply, ReplyAddress
 from taskhub.settings import get_settings
+from tasks import replies
 from tasks.ledger import settle_after_commit, settle_in_commit
 from tasks.store import UNAVAILABLE, store_redis
 
@@ -28,9 +33,13 @@ Plan = Callable[[Pipeline], tuple[dict[str, Any], Writes]]
 DONE = 1
 """A done-marker's value: only its presence counts. The marker is kept for the whole idempotency
 window, once per message, so it holds nothing else: not the result (the effect and the result
-backend have that), not even a task id (48 bytes more each; docs/delivery.md, sizing)."""
+backend have that), not even a task id (48 bytes more each; docs/delivery.md, sizing).
+
+The one exception is a request's marker (docs/requests.md): it holds the result as JSON, always an
+object, so that a duplicate can reply with it; a requester pays for its own answer's keeping."""
 MARKER_MAX_BYTES = 96
-"""Most bytes a check-in's done-marker takes in Redis (`MEMORY USAGE`: key, value, overhead)."""
+"""Most bytes a check-in's done-marker takes in Redis (`MEMORY USAGE`: key, value, overhead), when
+it is no request's."""
 MAX_COMMIT_ATTEMPTS = 20
 """How often a planned commit decides again when its watched keys change under it; past this
 the task goes back to its queue. Each attempt loses only to a commit that got through."""
@@ -53,20 +62,41 @@ def is_done(identity: str) -> bool:
     return bool(store_redis().exists(done_key(identity)))
 
 
+def done_marker(identity: str) -> bytes | None:
+    """The value of `identity`'s done-marker (see DONE), or None if no copy committed it."""
+    value = store_redis().get(done_key(identity))
+    return value.encode() if isinstance(value, str) else value
+
+
+def stored_result(marker: bytes | None) -> bytes | None:
+    """The result JSON a request's done-marker holds; None for a plain marker."""
+    return marker if marker is not None and marker.startswith(b"{") else None
+
+
 def duplicate(identity: str) -> dict[str, Any]:
     """What an absorbed duplicate returns: which message it repeats. The first copy's effect is
     in the effect store, under the task's own key."""
     return {"duplicate": True, "identity": identity}
 
 
-def absorb_duplicate(task_name: str, task_id: str, identity: str) -> dict[str, Any]:
-    """Count a duplicate, settle its ledger entry, and say what it duplicates."""
+def absorb_duplicate(
+    task_name: str, task_id: str, identity: str, marker: bytes | None = None
+) -> dict[str, Any]:
+    """Count a duplicate, settle its ledger entry, and say what it duplicates. A duplicate of a
+    request replies OK again: with the result `marker` keeps, else with the duplicate answer."""
+    answer = duplicate(identity)
+    address = replies.running_reply_address(task_id)
     with store_redis().pipeline() as pipe:
         pipe.hincrby(duplicates_key(), task_name, 1)
         settle_in_commit(pipe, task_id)
+        if address is not None:
+            payload = stored_result(marker) or replies.result_json(answer)
+            replies.add_reply(pipe, replies.ok(address, payload))
         pipe.execute()
+    if address is not None:
+        replies.mark_replied(task_id)
     settle_after_commit(task_id)
-    return duplicate(identity)
+    return answer
 
 
 def commit_once(identity: str, writes: Writes, task_id: str | None = None) -> bool:
@@ -78,11 +108,18 @@ def commit_once(identity: str, writes: Writes, task_id: str | None = None) -> bo
 
 
 def commit_planned(
-    identity: str, plan: Plan, watch: Sequence[str] = (), task_id: str | None = None
+    identity: str,
+    plan: Plan,
+    watch: Sequence[str] = (),
+    task_id: str | None = None,
+    reply: ReplyAddress | None = None,
 ) -> dict[str, Any] | None:
     """Like commit_once, for effects that depend on what `watch` holds: `plan` reads those keys
     and decides, and a change to them before the commit makes it decide again. The result that
     committed, or None if another copy of `identity` did first.
+
+    With a `reply` address, the OK reply (the result as JSON) is added to the outbox in the same
+    transaction, and the marker keeps the result for duplicates.
     """
     key = done_key(identity)
     window = int(get_settings().tasks.idempotency_window)
@@ -93,9 +130,12 @@ def commit_planned(
                 if pipe.exists(key):
                     return None
                 result, writes = plan(pipe)
+                answer = None if reply is None else replies.ok(reply, replies.result_json(result))
                 pipe.multi()
                 writes(pipe)
-                pipe.set(key, DONE, ex=window)
+                pipe.set(key, _marker(answer), ex=window)
+                if answer is not None:
+                    replies.add_reply(pipe, answer)
                 if task_id:
                     settle_in_commit(pipe, task_id)
                 pipe.execute()
@@ -112,9 +152,18 @@ def commit_planned(
                 # A watched key moved (or the connection dropped: the next WATCH finds out).
     else:
         raise CommitContended(f"{identity}: {', '.join(watch)} kept changing while it committed")
+    if task_id and reply is not None:
+        replies.mark_replied(task_id)
     if task_id:
         settle_after_commit(task_id)
     return result
+
+
+def _marker(reply: Reply | None) -> bytes | int:
+    """A done-marker's value: the result a request replied with, if it is small enough to keep."""
+    if reply is None or len(reply.payload) > replies.STORED_RESULT_MAX_BYTES:
+        return DONE
+    return reply.payload
 
 
 def run_once(
@@ -123,17 +172,26 @@ def run_once(
     identity: str,
     compute: Callable[[], tuple[dict[str, Any], Writes]],
 ) -> dict[str, Any]:
-    """Compute a result and commit its writes unless `identity` is already done.
+    """Compute a result and commit its writes unless `identity` is already done; reply to the
+    running task's request, if it is one, in the same transaction (tasks/replies.py).
 
     If Redis is unreachable or at maxmemory, the task is rejected back to its queue rather than
     failed: Celery acks a failed task, which would lose it.
     """
     try:
-        if is_done(identity):
-            return absorb_duplicate(task_name, task_id, identity)
+        marker = done_marker(identity)
+        if marker is not None:
+            return absorb_duplicate(task_name, task_id, identity, marker)
         result, writes = compute()
-        if not commit_once(identity, writes, task_id):
-            return absorb_duplicate(task_name, task_id, identity)
+        committed = commit_planned(
+            identity,
+            lambda _pipe: (result, writes),
+            (),
+            task_id,
+            replies.running_reply_address(task_id),
+        )
+        if committed is None:
+            return absorb_duplicate(task_name, task_id, identity, done_marker(identity))
     except UNAVAILABLE as error:
         raise Reject(error, requeue=True) from error
     return result
@@ -147,11 +205,14 @@ def run_once_planned(
     only, no slow calls.
     """
     try:
-        if is_done(identity):
-            return absorb_duplicate(task_name, task_id, identity)
-        result = commit_planned(identity, plan, watch, task_id)
+        marker = done_marker(identity)
+        if marker is not None:
+            return absorb_duplicate(task_name, task_id, identity, marker)
+        result = commit_planned(
+            identity, plan, watch, task_id, replies.running_reply_address(task_id)
+        )
         if result is None:
-            return absorb_duplicate(task_name, task_id, identity)
+            return absorb_duplicate(task_name, task_id, identity, done_marker(identity))
     except (*UNAVAILABLE, CommitContended) as error:
         raise Reject(error, requeue=True) from error
     return result
