@@ -1,4 +1,5 @@
-"""The `taskhub` command: routes, settings, status, dead letters, the demo's stand-in and feed."""
+"""The `taskhub` command: routes, settings, status, dead letters, requests, the demo's stand-in and
+feed."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.text import Text
 
-from taskhub import deadletter_commands, status_command
+from taskhub import deadletter_commands, request_command, status_command
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.redaction import redact_document, redact_logs
 from taskhub.settings import Settings, settings_or_exit
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     deadletter_commands.add_parser(commands)
     status_command.add_parser(commands)
+    request_command.add_parser(commands)
     return parser
 
 
@@ -168,17 +170,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     redact_logs()
     settings = settings_or_exit()
-    if args.command == "routes":
-        return _routes(settings)
-    if args.command == "config":
-        return _config(settings)
-    if args.command == "standin":
-        return _standin(settings, args)
-    if args.command == "deadletter":
-        return deadletter_commands.run(settings, args)
-    if args.command == "status":
-        return status_command.run(settings, args)
-    return _feed(settings, args)
+    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "routes": lambda settings, _: _routes(settings),
+        "config": lambda settings, _: _config(settings),
+        "standin": _standin,
+        "deadletter": deadletter_commands.run,
+        "status": status_command.run,
+        "request": request_command.run,
+        "feed": _feed,
+    }
+    return commands[args.command](settings, args)
 
 
 if __name__ == "__main__":
