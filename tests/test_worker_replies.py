@@ -138,3 +138,24 @@ def test_a_task_without_run_once_replies_after_it_returns(broker_redis: redis.Re
     (reply,) = _outbox(broker_redis)
     assert reply.status is ReplyStatus.OK
     assert json.loads(reply.payload) == result == {"echo": {"id": "e-1"}}
+
+
+def test_a_gevent_worker_replies_from_the_greenlet_running_the_task(
+    broker_redis: redis.Redis, standin: object, worker: object
+) -> None:
+    """The recommended worker, in a process of its own: each greenlet finds its own request."""
+    from tasks.checkins import resolve_checkin
+
+    addresses = [ReplyAddress(f"test/replies/g{n}", f"corr-{n}".encode()) for n in range(8)]
+    results = [
+        resolve_checkin.apply_async(
+            args=(checkin_tweet(f"1510{n}", f"Gevent{n}"),), headers=_headers(address)
+        )
+        for n, address in enumerate(addresses)
+    ]
+    documents = [pending.get(timeout=TIMEOUT) for pending in results]
+
+    outbox = _outbox(broker_redis)
+    assert len(outbox) == len(addresses)
+    replies = {reply.address: json.loads(reply.payload) for reply in outbox}
+    assert replies == dict(zip(addresses, documents, strict=True))
