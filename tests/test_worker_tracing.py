@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from rig.otlp import OtlpReceiver
 from rig.processes import start_worker, wait_for
 from taskhub.demo.standin import StandinServer
 from tests.conftest import checkin_tweet
 from tests.support.tracing import (
     PRODUCER_SPAN,
     CheckinTrace,
-    OtlpReceiver,
     find_checkin_trace,
     from_sdk,
     in_memory_tracing,

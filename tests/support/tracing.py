@@ -1,6 +1,6 @@
 """Seeing the spans taskhub makes: in this process (an in-memory exporter), or sent by another
-process over OTLP/HTTP (a receiver on a free port), both as `SpanView`s, and the shape one
-check-in's trace should have (docs/tracing.md).
+process over OTLP/HTTP (rig/otlp.py), both as `SpanView`s, and the shape one check-in's trace
+should have (docs/tracing.md).
 
 opentelemetry takes one global tracer provider per process, so a test never installs its own:
 `in_memory_tracing()` starts taskhub's tracing with an in-memory exporter and stops it after, and
@@ -9,13 +9,12 @@ taskhub's spans follow whichever provider is current (`taskhub.tracing.tracer()`
 
 from __future__ import annotations
 
-import gzip
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rig.otlp import SpanView
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -26,20 +25,6 @@ PRODUCER_SPAN = "apply_async/tasks.checkins.resolve_checkin"
 HTTP_SPAN = "GET"
 RATE_LIMIT_SPAN = "rate_limit.wait"
 CACHE_SPAN = "cache.lookup"
-
-
-@dataclass(frozen=True)
-class SpanView:
-    """What the tests look at in a span, wherever it was exported from."""
-
-    name: str
-    trace_id: str
-    """32 hex digits."""
-    span_id: str
-    """16 hex digits."""
-    parent_id: str | None
-    service: str
-    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def from_sdk(spans: Iterable[ReadableSpan]) -> list[SpanView]:
@@ -75,83 +60,6 @@ def in_memory_tracing() -> Iterator[InMemorySpanExporter]:
         yield exporter
     finally:
         worker_tracing.end()
-
-
-class OtlpReceiver:
-    """An OTLP/HTTP trace receiver on 127.0.0.1 (`POST /v1/traces`, protobuf), keeping every
-    span it is sent."""
-
-    def __init__(self) -> None:
-        self._spans: list[SpanView] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces":
-                    self.send_error(404)
-                    return
-                receiver.receive(body)
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        """For OTEL_EXPORTER_OTLP_ENDPOINT (the exporter adds /v1/traces)."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> OtlpReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def receive(self, body: bytes) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        request = ExportTraceServiceRequest.FromString(body)
-        views = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    views.append(
-                        SpanView(
-                            name=span.name,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_id=span.parent_span_id.hex() or None,
-                            service=str(resource.get("service.name", "")),
-                            attributes={a.key: _value(a.value) for a in span.attributes},
-                        )
-                    )
-        with self._lock:
-            self._spans.extend(views)
-
-    def spans(self) -> list[SpanView]:
-        with self._lock:
-            return list(self._spans)
-
-
-def _value(value: Any) -> Any:
-    """An OTLP AnyValue as Python (the scalar kinds taskhub's spans use)."""
-    kind = value.WhichOneof("value")
-    return None if kind is None else getattr(value, kind)
 
 
 @dataclass(frozen=True)
