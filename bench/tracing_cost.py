@@ -45,7 +45,9 @@ def main() -> int:
     green = ["-P", "gevent", f"--autoscale={TASKHUB_AUTOSCALE}"]
     contestants = {
         "off": {},
-        "on": {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+        # A batch at least every second: a drain's workers are killed at its end, and spans left
+        # in a 5 s batch would go unexported (and uncounted).
+        "on": {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "1000"},
     }
     results: dict[str, list[Outcome]] = {}
     try:
