@@ -209,11 +209,12 @@ def drain(  # noqa: PLR0913  (keyword-only knobs of one stage)
     rate_limit: int = 0,
     venues: int = 0,
     id_base: int = ID_BASE,
+    worker_env: dict[str, str] | None = None,
 ) -> Outcome:
     client = stage.redis()
     client.flushdb()
     with standin(stage, latency_ms, rate_limit) as ports:
-        env = {}
+        env = dict(worker_env or {})
         if rate_limit:
             # A little under the upstream's own limit, as docs/upstreams.md advises.
             shared = max(1, int(rate_limit * SHARED_LIMIT_SHARE))

@@ -26,7 +26,8 @@ from celery.signals import (
 )
 
 import taskhub.deferral  # connects the publish stamp and the ETA cap
-import taskhub.telemetry.worker  # noqa: F401  (connects the worker's metrics, probes and beats)
+import taskhub.telemetry.worker  # (connects the worker's metrics, probes and beats)
+import taskhub.worker_tracing  # noqa: F401  (traces tasks when tracing is on)
 from taskhub import debug_lines
 from taskhub.redaction import redact_logs
 from taskhub.routes import RouteError, RouteTable, WorkerPool, routes_or_exit

@@ -8,7 +8,9 @@ hot path asks `enabled()` first and skips the trace work altogether.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from taskhub.settings import Settings
@@ -16,6 +18,8 @@ from taskhub.settings import Settings
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Tracer
+    from opentelemetry.util.types import AttributeValue
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -23,7 +27,12 @@ TRACESTATE = "tracestate"
 message headers (opentelemetry-instrumentation-celery) alike."""
 OTLP_ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
+TRACER_NAME = "taskhub"
+TWEET_ID = "taskhub.tweet_id"
+"""Span attribute naming the tweet a span worked on: what to search a trace by (docs/tracing.md)."""
+
 _provider: TracerProvider | None = None
+_global_provider_set = False
 
 
 def wanted(settings: Settings) -> bool:
@@ -58,6 +67,43 @@ def start(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    global _global_provider_set
+    if not _global_provider_set:  # opentelemetry's global takes one provider per process
+        trace.set_tracer_provider(provider)
+        _global_provider_set = True
     _provider = provider
     return provider
+
+
+def stop() -> None:
+    """Export the spans still buffered and stop tracing in this process: at a worker process's
+    exit (a prefork child ends with os._exit, which skips opentelemetry's own atexit hook), or a
+    test's end. `start()` may then install a new provider, though opentelemetry's global stays
+    the first: taskhub's own spans come from `tracer()`, which follows the current one."""
+    global _provider
+    provider, _provider = _provider, None
+    if provider is not None:
+        provider.shutdown()
+
+
+def tracer() -> Tracer:
+    """taskhub's tracer, from this process's provider; ask `enabled()` first on a hot path."""
+    if _provider is None:
+        from opentelemetry import trace
+
+        return trace.NoOpTracer()
+    return _tracer_of(_provider)
+
+
+@functools.cache
+def _tracer_of(provider: TracerProvider) -> Tracer:
+    return provider.get_tracer(TRACER_NAME)
+
+
+def annotate(attributes: Mapping[str, AttributeValue]) -> None:
+    """Set `attributes` on the current span (a task's, an HTTP call's), if this process traces."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes(attributes)

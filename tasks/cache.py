@@ -8,15 +8,17 @@ can renew it without a body. Hits and misses are counted per kind, in `<prefix>:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.client import Pipeline
 
-from taskhub import redis_keys
+from taskhub import redis_keys, tracing
 from taskhub.settings import get_settings
 from taskhub.telemetry.worker_metrics import worker_metrics
 from tasks.store import store_redis
@@ -25,6 +27,12 @@ SHORTLINK_TTL = 30 * 86_400
 """Seconds a short link's venue id is kept: it never changes, the bound is for memory."""
 STALE_KEPT_SECONDS = 86_400
 """Seconds a venue document outlives its freshness, for a conditional request to renew it."""
+LOOKUP_SPAN = "cache.lookup"
+KIND = "taskhub.cache.kind"
+HIT = "taskhub.cache.hit"
+"""True when the cache held an entry (for a venue, fresh or not: a stale one is renewed)."""
+
+Found = TypeVar("Found")
 
 
 def _key(kind: str, identity: str) -> str:
@@ -54,6 +62,26 @@ def flush_counts(pipe: Pipeline) -> None:
     _pending.clear()
 
 
+def _lookup(kind: str) -> Callable[[Callable[[str], Found]], Callable[[str], Found]]:
+    """A cache read that is a span of its own when tracing is on (docs/tracing.md)."""
+
+    def decorate(read: Callable[[str], Found]) -> Callable[[str], Found]:
+        @functools.wraps(read)
+        def lookup(identity: str) -> Found:
+            if not tracing.enabled():
+                return read(identity)
+            attributes = {KIND: kind}
+            with tracing.tracer().start_as_current_span(LOOKUP_SPAN, attributes=attributes) as span:
+                found = read(identity)
+                span.set_attribute(HIT, found is not None)
+                return found
+
+        return lookup
+
+    return decorate
+
+
+@_lookup("shortlink")
 def cached_venue_id(code: str) -> str | None:
     venue_id = store_redis().get(_key("shortlink", code))
     count("shortlink", "hit" if venue_id is not None else "miss")
@@ -77,6 +105,7 @@ class CachedVenue:
         return time.time() < self.fresh_until
 
 
+@_lookup("venue")
 def cached_venue(venue_id: str) -> CachedVenue | None:
     raw = store_redis().get(_key("venue", venue_id))
     if raw is None:

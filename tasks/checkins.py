@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from redis.client import Pipeline
 
-from taskhub import redis_keys
+from taskhub import redis_keys, tracing
 from taskhub.celery import app
 from taskhub.payloads import CheckinTweet
 from taskhub.settings import get_settings
@@ -103,6 +103,7 @@ def fetch_venue(venue_id: str, deadline: float) -> dict[str, Any]:
 def resolve_checkin(self: Task, tweet: dict[str, Any], city: str | None = None) -> dict[str, Any]:
     """Resolve `tweet` to its venue; store it under the tweet's id and announce it, once."""
     checkin = CheckinTweet.model_validate(tweet)
+    tracing.annotate({tracing.TWEET_ID: checkin.id})  # findable by tweet (docs/tracing.md)
 
     def compute() -> tuple[dict[str, Any], Writes]:
         deadline = self.deadline()

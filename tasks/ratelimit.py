@@ -14,20 +14,26 @@ import os
 import threading
 import time
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from taskhub import redis_keys
+from taskhub import redis_keys, tracing
 from taskhub.deferral import Deferred
 from taskhub.settings import get_settings
 from taskhub.telemetry.worker_metrics import worker_metrics
 from taskhub.worker import lend_slot
 from tasks.store import store_redis
 
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
 MIN_POLL_SECONDS = 0.002
 """Shortest wait between two asks for a turn (the window's edge is rounded to the millisecond)."""
+WAIT_SPAN = "rate_limit.wait"
+WAIT_SECONDS = "taskhub.rate_limit.wait_seconds"
 
 
 class HostRateLimit:
@@ -46,6 +52,22 @@ class HostRateLimit:
         self._next_turn: dict[str, float] = defaultdict(float)
 
     def acquire(self, host: str, per_second: int, deadline: float) -> None:
+        """`take_turn`, a span of its own when tracing is on (docs/tracing.md)."""
+        if not tracing.enabled():
+            self.take_turn(host, per_second, deadline)
+            return
+        attributes: dict[str, AttributeValue] = {
+            "server.address": host,
+            "taskhub.rate_limit.per_second": per_second,
+        }
+        with tracing.tracer().start_as_current_span(WAIT_SPAN, attributes=attributes) as span:
+            started = time.monotonic()
+            try:
+                self.take_turn(host, per_second, deadline)
+            finally:
+                span.set_attribute(WAIT_SECONDS, time.monotonic() - started)
+
+    def take_turn(self, host: str, per_second: int, deadline: float) -> None:
         """Return once this process may send one request to `host`; raise Deferred when the
         wait would be longer than `max_inline_wait` or run past `deadline` (monotonic).
 

@@ -111,3 +111,14 @@ def test_the_redis_fsync_benchmark_runs_and_reports() -> None:
     )
     assert found, last
     assert all(float(value.replace(",", "")) > 0 for value in found.groups())
+
+
+@pytest.mark.usefixtures("broker_redis")
+def test_the_tracing_cost_benchmark_runs_and_reports() -> None:
+    last = _run("bench.tracing_cost", "--checkins", "100", "--rounds", "1", "--processes", "1")
+    found = re.fullmatch(
+        rf"tracing: off=({NUMBER})/s on=({NUMBER})/s on_vs_off=({NUMBER}) spans_posts=({NUMBER})",
+        last,
+    )
+    assert found, last
+    assert all(float(value.replace(",", "")) > 0 for value in found.groups()), last

@@ -28,7 +28,7 @@ so `-c worker=N` copies never ask for one probe port; a 2 s soft shutdown fits h
 EXEC = "exec "
 """Each Procfile line replaces honcho's shell with its program, which gets honcho's SIGTERM and
 reports its own exit status (README, "Stopping")."""
-WEB_UIS = ("flower", "prometheus", "grafana")
+WEB_UIS = ("flower", "prometheus", "grafana", "jaeger")
 
 
 def _procfile(*, raw: bool = False) -> dict[str, str]:
@@ -194,3 +194,25 @@ def test_compose_grafana_requires_an_admin_password_and_provisions_the_dashboard
         "${GRAFANA_ADMIN_PASSWORD:?"
     )
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+
+
+def test_compose_traces_only_with_the_tracing_profile_and_an_endpoint() -> None:
+    """Jaeger runs with `--profile tracing`; the bridge and workers export to the endpoint the
+    environment names, none by default (docs/tracing.md)."""
+    services = _compose()["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")
+    assert {"127.0.0.1:16686:16686", "127.0.0.1:4318:4318"} <= set(jaeger["ports"])
+    for name in ("bridge", "worker"):
+        endpoint = services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        assert endpoint == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}", name
+    untraced = set(services) - {"bridge", "worker"}
+    assert not any(
+        "OTEL_EXPORTER_OTLP_ENDPOINT" in (services[name].get("environment") or {})
+        for name in untraced
+    )
+    command = (ROOT / "docs/tracing.md").read_text()
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 docker compose --profile tracing up" in (
+        command
+    )

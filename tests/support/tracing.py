@@ -1,0 +1,96 @@
+"""Seeing the spans taskhub makes: in this process (an in-memory exporter), or sent by another
+process over OTLP/HTTP (rig/otlp.py), both as `SpanView`s, and the shape one check-in's trace
+should have (docs/tracing.md).
+
+opentelemetry takes one global tracer provider per process, so a test never installs its own:
+`in_memory_tracing()` starts taskhub's tracing with an in-memory exporter and stops it after, and
+taskhub's spans follow whichever provider is current (`taskhub.tracing.tracer()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rig.otlp import SpanView
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+TASK_SPAN = "run/tasks.checkins.resolve_checkin"
+PRODUCER_SPAN = "apply_async/tasks.checkins.resolve_checkin"
+HTTP_SPAN = "GET"
+RATE_LIMIT_SPAN = "rate_limit.wait"
+CACHE_SPAN = "cache.lookup"
+
+
+def from_sdk(spans: Iterable[ReadableSpan]) -> list[SpanView]:
+    views = []
+    for span in spans:
+        context = span.context
+        assert context is not None
+        views.append(
+            SpanView(
+                name=span.name,
+                trace_id=f"{context.trace_id:032x}",
+                span_id=f"{context.span_id:016x}",
+                parent_id=None if span.parent is None else f"{span.parent.span_id:016x}",
+                service=str(span.resource.attributes.get("service.name", "")),
+                attributes=dict(span.attributes or {}),
+            )
+        )
+    return views
+
+
+@contextmanager
+def in_memory_tracing() -> Iterator[InMemorySpanExporter]:
+    """Trace this process as a worker does (tasks, their producers, urllib3), into memory."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from taskhub import tracing, worker_tracing
+    from taskhub.settings import get_settings
+
+    assert not tracing.enabled(), "tracing was left on by an earlier test"
+    exporter = InMemorySpanExporter()
+    assert worker_tracing.begin(get_settings(), exporter=exporter)
+    try:
+        yield exporter
+    finally:
+        worker_tracing.end()
+
+
+@dataclass(frozen=True)
+class CheckinTrace:
+    """One check-in task's spans, found by its task id."""
+
+    task: SpanView
+    http: list[SpanView]
+    rate_limit: list[SpanView]
+    cache: list[SpanView]
+    trace: list[SpanView]
+    """Every span of the task's trace."""
+
+
+def find_checkin_trace(spans: Sequence[SpanView], task_id: str) -> CheckinTrace | None:
+    """The trace of the check-in task `task_id`, once its task span has ended."""
+    tasks = [
+        s
+        for s in spans
+        if s.name == TASK_SPAN and s.attributes.get("messaging.message.id") == task_id
+    ]
+    if not tasks:
+        return None
+    assert len(tasks) == 1, f"task {task_id} ran more than once: {tasks}"
+    task = tasks[0]
+    trace = [s for s in spans if s.trace_id == task.trace_id]
+    children = [s for s in trace if s.parent_id == task.span_id]
+    return CheckinTrace(
+        task=task,
+        http=[s for s in children if s.name == HTTP_SPAN],
+        rate_limit=[s for s in children if s.name == RATE_LIMIT_SPAN],
+        cache=[s for s in children if s.name == CACHE_SPAN],
+        trace=trace,
+    )
