@@ -16,6 +16,7 @@ from bridge.loop import Bridge, client_id_taken
 from bridge.metrics import BridgeCollector, bridge_registry, exposition
 from bridge.publisher import CONNECT_TIMEOUT, SOCKET_TIMEOUT, RedisPublisher
 from bridge.replicas import ClientIdTaken, Replica, ReplicaKeys
+from bridge.replies import ReplyOutbox
 from bridge.source import MqttSource
 from bridge.spool import Spool, SpoolUnusable
 from bridge.state import StateBeats
@@ -25,7 +26,8 @@ from taskhub.deadletters import DeadLetterStream
 from taskhub.intake import Intake
 from taskhub.ledger import LedgerKeys
 from taskhub.redaction import redact, redact_logs
-from taskhub.settings import Settings, settings_or_exit
+from taskhub.response_topics import ResponseTopics
+from taskhub.settings import MqttProtocol, Settings, settings_or_exit
 from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
@@ -53,6 +55,7 @@ def build_bridge(settings: Settings) -> Bridge:
         routes.queues,
         ledger,
         deadletter_maxlen=bridge_settings.deadletter_maxlen,
+        outbox_maxlen=settings.replies.outbox_maxlen,
     )
     sweeper = Sweeper(
         publisher.redis,
@@ -86,9 +89,16 @@ def build_bridge(settings: Settings) -> Bridge:
         ),
         settings.mqtt.client_id,
     )
+    source = MqttSource(settings.mqtt, routes)
+    response_topics = ResponseTopics(settings.replies.allowed_topics, settings.topic_prefix)
+    replies = None
+    if settings.mqtt.protocol is MqttProtocol.V5:  # MQTT 3.1.1 carries no Response Topic
+        replies = ReplyOutbox(
+            publisher.redis, settings.key_prefix, settings.mqtt.client_id, source, response_topics
+        )
     return Bridge(
-        MqttSource(settings.mqtt, routes),
-        Intake(routes, bridge_settings.max_payload_bytes),
+        source,
+        Intake(routes, bridge_settings.max_payload_bytes, response_topics),
         MessageBuilder.for_tasks(app, routes.task_queues),
         delivery,
         sweeper,
@@ -101,6 +111,7 @@ def build_bridge(settings: Settings) -> Bridge:
             settings.mqtt.client_id,
             settings.telemetry.beat_interval,
         ),
+        replies=replies,
     )
 
 

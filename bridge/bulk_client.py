@@ -77,6 +77,13 @@ def decode_properties(raw: bytes) -> dict[str, Any]:
     """
     if not raw:
         return {}
+    found: dict[str, Any] = unpack_properties(raw).json()
+    return found
+
+
+def unpack_properties(raw: bytes) -> Properties:
+    """A PUBLISH's MQTT 5 properties as paho's object (binary values stay bytes); raises
+    MalformedPacket, and only that, for bytes that are not a property block."""
     properties = Properties(PacketTypes.PUBLISH)
     try:
         properties.unpack(raw)
@@ -85,8 +92,7 @@ def decode_properties(raw: bytes) -> dict[str, Any]:
     except _PROPERTY_ERRORS as error:
         # The type alone: a UnicodeDecodeError's text holds the bytes, which may be a secret.
         raise MalformedPacket(f"malformed MQTT 5 properties ({type(error).__name__})") from error
-    found: dict[str, Any] = properties.json()
-    return found
+    return properties
 
 
 class BulkClient(mqtt.Client):

@@ -20,7 +20,7 @@ from bridge.clock import SYSTEM_CLOCK, Clock
 from bridge.delivery import Delivery, Outcome
 from bridge.metrics import BatchMetrics
 from bridge.outbound import Outbound
-from bridge.ports import LedgerSweep, MessageSource, Presence, StateRecorder
+from bridge.ports import LedgerSweep, MessageSource, Presence, ReplyPublisher, StateRecorder
 from bridge.publish_time import from_payload
 from bridge.replicas import ClientIdTaken
 from bridge.source import Received
@@ -67,6 +67,8 @@ class Pending:
     """The dead letter `outbound` carries, if it is one."""
     sent_at: float | None = None
     """The message's own publish time, epoch seconds, where it carries one."""
+    reply: Outbound | None = None
+    """The REFUSED reply a dead-lettered request gets, landed in the same batch as its letter."""
 
 
 _READ_AT = attrgetter("received.read_at")
@@ -91,8 +93,11 @@ class Bridge:
         key_prefix: str,
         beats: StateRecorder | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        replies: ReplyPublisher | None = None,
     ) -> None:
         self.source = source
+        self.replies = replies
+        """Publishes the reply outbox; None on MQTT 3.1.1, which carries no reply properties."""
         self.intake = intake
         self.builder = builder
         self.delivery = delivery
@@ -105,6 +110,7 @@ class Bridge:
         self._drained = False
         self.settings = settings
         self.deadletter_key = redis_keys.deadletters(key_prefix)
+        self.outbox_key = redis_keys.reply_outbox(key_prefix)
         self.counters = Counters()
         self.pending: deque[Pending] = deque()
         self._stop = threading.Event()
@@ -136,6 +142,7 @@ class Bridge:
             self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
             self.source.close(end_session=bool(self._leaving) and left_clean)
+            self._settle_replies()
             self.delivery.spool.close()
             self.delivery.publisher.close()
             log.info(
@@ -188,6 +195,7 @@ class Bridge:
             "spooled": counters.spooled,
             "abandoned": counters.abandoned,
             "duplicates": counters.retained_replays + self.delivery.publisher.repeated,
+            "replies_published": self.replies.published if self.replies is not None else 0,
         }
 
     def _finished(self) -> bool:
@@ -231,6 +239,8 @@ class Bridge:
         if not self.pending and self.source.shed_and_drained():
             self.source.reconnect_to_collect_shed()
         self.delivery.drain_spool()
+        if self.replies is not None and self.delivery.redis_due:
+            self.replies.turn(reading=not self._stop.is_set())
         if self.delivery.backpressure.paused and now() >= self._next_depth_poll:
             self._next_depth_poll = now() + BACKPRESSURE_POLL_SECONDS
             self.delivery.poll_depths()
@@ -242,6 +252,17 @@ class Bridge:
         if now() >= self._next_sweep:
             self._next_sweep = now() + SWEEP_INTERVAL_SECONDS
             self._sweep()
+
+    def _settle_replies(self) -> None:
+        """At shutdown, delete the entries of replies acknowledged while closing, rather than have
+        another replica claim and publish them again."""
+        if self.replies is None:
+            return
+        self.replies.turn(reading=False)
+        try:
+            self.replies.settle()
+        except redis.RedisError as error:
+            log.warning("replies published but left in the outbox (sent again later): %s", error)
 
     def _beat(self) -> None:
         try:
@@ -274,11 +295,23 @@ class Bridge:
         verdict = self.intake.judge(received.message)
         if isinstance(verdict, DeadLetter):
             outbound = Outbound.dead_letter(verdict, self.deadletter_key)
-            return Pending(received, outbound, verdict, received.sent_at)
+            return Pending(
+                received,
+                outbound,
+                verdict,
+                received.sent_at,
+                self._refusal_reply(received, verdict),
+            )
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
         if sent_at is None:
             sent_at = from_payload(verdict.args[0])
         return Pending(received, Outbound.task(verdict, self.builder), None, sent_at)
+
+    def _refusal_reply(self, received: Received, letter: DeadLetter) -> Outbound | None:
+        if received.message.reply is None:  # the common case: not a request
+            return None
+        reply = self.intake.refusal_reply(received.message, letter)
+        return None if reply is None else Outbound.reply(reply, self.outbox_key)
 
     def _batch_due(self) -> bool:
         if len(self.pending) >= self.settings.batch_size or self._stop.is_set():
@@ -298,7 +331,9 @@ class Bridge:
             return
         delivered = [item for item in batch if item.outbound is not None]
         outbound = [item.outbound for item in delivered if item.outbound is not None]
-        outcome = self.delivery.deliver(outbound)[0] if outbound else Outcome.LANDED
+        # Refused requests' replies land in the same transaction (or spool write) as their letters.
+        replies = [item.reply for item in delivered if item.reply is not None]
+        outcome = self.delivery.deliver(outbound + replies)[0] if outbound else Outcome.LANDED
         if outcome is Outcome.HELD:
             self._hold_batch()
             return

@@ -136,6 +136,7 @@ class BridgeCollector:
             ("spooled", "Tasks put into the spool while Redis could not take them."),
             ("abandoned", "Messages given up unacked (connection lost, shutdown): redelivered."),
             ("duplicates", "Retained replays skipped, and redeliveries of a task already landed."),
+            ("replies_published", "Replies to MQTT 5 requests the MQTT broker acknowledged."),
         ):
             yield CounterMetricFamily(f"taskhub_bridge_{name}", documentation, counts[name])
         letters = CounterMetricFamily(

@@ -17,6 +17,7 @@ from bridge.backpressure import Memory
 from bridge.outbound import Outbound
 from bridge.source import Received
 from bridge.state import BridgeState
+from taskhub.replies import Reply
 
 
 class MessageSource(Protocol):
@@ -59,6 +60,14 @@ class MessageSource(Protocol):
         ...
 
     def publish(self, topic: str, payload: str) -> None: ...
+
+    def publish_reply(self, reply: Reply) -> int | None:
+        """Publish a reply (QoS 1, MQTT 5 properties); its packet id, or None if not connected."""
+        ...
+
+    def completed_replies(self) -> list[int]:
+        """Packet ids of the replies the broker acknowledged since the last call."""
+        ...
 
     def shed_and_drained(self) -> bool: ...
 
@@ -148,6 +157,23 @@ class LedgerSweep(Protocol):
     def requeued(self) -> int: ...
 
     def sweep(self) -> int: ...
+
+
+class ReplyPublisher(Protocol):
+    """Publishes the reply outbox over the source's connection (`bridge.replies.ReplyOutbox`)."""
+
+    @property
+    def published(self) -> int:
+        """Replies the broker acknowledged."""
+        ...
+
+    def turn(self, *, reading: bool = True) -> None:
+        """Settle acknowledged replies; publish waiting ones if `reading`. Raises nothing."""
+        ...
+
+    def settle(self) -> None:
+        """Delete the acknowledged replies' entries now; raises redis errors."""
+        ...
 
 
 class StateRecorder(Protocol):

@@ -1,7 +1,8 @@
 """Landing outbound items in Redis in one transaction: task messages onto their queues, dead
-letters onto their stream. The whole batch lands or none of it does, so the caller acks all or
-nothing. The same transaction reports every route queue's depth, for backpressure at no extra cost;
-Redis's memory is read on request, outside any transaction, so it can be read at maxmemory too.
+letters onto their stream (a refused request's reply beside its letter, on the reply outbox).
+The whole batch lands or none of it does, so the caller acks all or nothing. The same
+transaction reports every route queue's depth, for backpressure at no extra cost; Redis's memory
+is read on request, outside any transaction, so it can be read at maxmemory too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bridge.outbound import Outbound, OutboundKind
 from taskhub.deadletters import DEFAULT_MAXLEN as DEFAULT_STREAM_MAXLEN
 from taskhub.deadletters import add_letter
 from taskhub.ledger import LedgerEntry, LedgerKeys, enqueue
+from taskhub.replies import add_reply
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 1.0
@@ -38,6 +40,7 @@ class RedisPublisher:
         ledger: LedgerKeys,
         *,
         deadletter_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        outbox_maxlen: int = DEFAULT_STREAM_MAXLEN,
     ) -> None:
         self.redis = redis.Redis.from_url(
             broker_url,
@@ -48,6 +51,7 @@ class RedisPublisher:
         self.queues = tuple(queues)
         self.ledger = ledger
         self.deadletter_maxlen = deadletter_maxlen
+        self.outbox_maxlen = outbox_maxlen
         self.letter_ids: list[str] = []
         """The stream entry ids of the dead letters the last `land` wrote, in their order."""
         self.repeated = 0
@@ -68,9 +72,11 @@ class RedisPublisher:
         enqueue(pipe, self.ledger, tasks, time.time())
         letter_slots: list[int] = []
         for item in items:
-            if item.kind is not OutboundKind.TASK:
+            if item.kind is OutboundKind.DEAD_LETTER:
                 letter_slots.append(len(pipe))  # where this XADD's entry id will be in the reply
                 add_letter(pipe, item.key, item.stream_fields(), self.deadletter_maxlen)
+            elif item.kind is OutboundKind.REPLY:
+                add_reply(pipe, item.key, item.stream_fields(), self.outbox_maxlen)
         for queue in self.queues:
             pipe.llen(queue)
         try:

@@ -22,14 +22,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.bulk_client import BulkClient, decode_properties
 from bridge.publish_time import from_properties, from_raw_properties
+from bridge.reply_address import from_properties as reply_from_properties
+from bridge.reply_address import from_raw_properties as reply_from_raw_properties
 from taskhub.intake import RawMessage
 from taskhub.mqtt import connect_arguments, new_client, reason_text, session_ending_properties
+from taskhub.replies import CONTENT_TYPE, STATUS_PROPERTY, Reply
 from taskhub.routes import RouteTable
 from taskhub.settings import MqttProtocol, MqttSettings
 from taskhub.topics import SHARE_PREFIX
@@ -66,6 +71,17 @@ def _properties_of(message: mqtt.MQTTMessage) -> dict[str, Any]:
         return {}
     found = properties.json() if hasattr(properties, "json") else {}
     return {key: value for key, value in found.items() if value not in (None, [], "")}
+
+
+def _reply_properties(reply: Reply) -> Properties:
+    """A reply's MQTT 5 properties: Correlation Data, Content Type, and its status and other user
+    properties."""
+    properties = Properties(PacketTypes.PUBLISH)
+    if reply.address.correlation is not None:
+        properties.CorrelationData = reply.address.correlation
+    properties.ContentType = CONTENT_TYPE
+    properties.UserProperty = [(STATUS_PROPERTY, reply.status.value), *reply.user_properties]
+    return properties
 
 
 def _letter_properties(raw: bytes) -> dict[str, Any]:
@@ -123,6 +139,10 @@ class MqttSource:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._replies_out: set[int] = set()
+        """Packet ids of replies published and not yet acknowledged."""
+        self._replies_acked: list[int] = []
 
     def _filter_for(self, topic_filter: str) -> str:
         group = self.settings.share_group
@@ -262,6 +282,36 @@ class MqttSource:
         if self.connected:
             self.client.publish(topic, payload, qos=1)
 
+    def publish_reply(self, reply: Reply) -> int | None:
+        """Publish a reply at QoS 1 with its MQTT 5 properties; its packet id, which
+        `completed_replies` names once the broker acknowledged it (paho resends it on each
+        reconnect until then), or None when not connected. ValueError for a topic or payload
+        MQTT refuses."""
+        if not self.connected:
+            return None
+        info = self.client.publish(
+            reply.address.topic, reply.payload, qos=1, properties=_reply_properties(reply)
+        )
+        self._replies_out.add(info.mid)
+        return info.mid
+
+    def completed_replies(self) -> list[int]:
+        """Packet ids of the replies the broker acknowledged since the last call."""
+        if not self._replies_acked:
+            return []
+        acked, self._replies_acked = self._replies_acked, []
+        return acked
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        if mid not in self._replies_out:
+            return  # a dead letter's copy (TASKHUB_BRIDGE__DEADLETTER_TOPIC)
+        self._replies_out.discard(mid)
+        if reason.is_failure:  # e.g. not authorized: publishing it again would change nothing
+            log.warning("mqtt broker refused a reply (packet %d): %s", mid, reason_text(reason))
+        self._replies_acked.append(mid)
+
     def close(self, *, end_session: bool = False) -> None:
         """Send the acks already given, wait until the broker has read them, then disconnect;
         the broker keeps the session, unless `end_session` (MQTT 5: its expiry becomes 0)."""
@@ -382,9 +432,10 @@ class MqttSource:
         if properties:
             lazy: Any = functools.partial(_letter_properties, properties)
             sent_at = from_raw_properties(properties)
+            reply = reply_from_raw_properties(properties)
         else:
-            lazy, sent_at = dict, None
-        raw = RawMessage(topic, payload, lazy)
+            lazy, sent_at, reply = dict, None, None
+        raw = RawMessage(topic, payload, lazy, reply)
         retained_replay = self._is_retained_replay(retain)
         self.received.append(
             Received(raw, mid, qos, self.connection, retained_replay, self._read_at, sent_at)
@@ -421,7 +472,8 @@ class MqttSource:
         if self._shedding():
             return
         properties = _properties_of(message)
-        raw = RawMessage(topic, bytes(message.payload), properties)
+        reply = reply_from_properties(getattr(message, "properties", None))
+        raw = RawMessage(topic, bytes(message.payload), properties, reply)
         retained_replay = self._is_retained_replay(bool(message.retain))
         self.received.append(
             Received(

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     INVALID_JSON = "invalid_json"
     SCHEMA = "schema"
     BAD_TOPIC_PARAMETER = "bad_topic_parameter"
+    RESPONSE_TOPIC_REFUSED = "response_topic_refused"
+    """An MQTT 5 request whose Response Topic TASKHUB_REPLIES__ALLOWED_TOPICS does not allow (or
+    no topic could be: a wildcard, an empty one). It gets no reply; replay runs it without one."""
     # A task failed or was refused.
     TASK_FAILED = "task_failed"
     NEVER_COMPLETED = "never_completed"

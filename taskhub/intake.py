@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from taskhub.deadletters import DeadLetter, Reason
-from taskhub.replies import ReplyAddress
+from taskhub.redaction import redact
+from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress, ReplyStatus, error_document
+from taskhub.response_topics import ResponseTopics
 from taskhub.routes import RouteTable
 from taskhub.task_messages import TaskCall, deterministic_task_id
 
@@ -49,9 +51,16 @@ def first_error(error: ValidationError) -> str:
 class Intake:
     """Judges messages against the route table."""
 
-    def __init__(self, routes: RouteTable, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        max_payload_bytes: int,
+        response_topics: ResponseTopics | None = None,
+    ) -> None:
         self.routes = routes
         self.max_payload_bytes = max_payload_bytes
+        self.response_topics = response_topics or ResponseTopics()
+        """Where requests may ask for replies; none by default (replay judges no requests)."""
 
     # A return per verdict, in the order the checks run.
     def judge(self, message: RawMessage) -> TaskCall | DeadLetter:  # noqa: C901, PLR0911
@@ -69,6 +78,10 @@ class Intake:
         if matched is None:
             return dead(Reason.NO_ROUTE, f"no route matches topic {message.topic!r}")
         route = matched.route
+        if message.reply is not None:
+            refused = self.response_topics.refusal(message.reply.topic)
+            if refused is not None:
+                return dead(Reason.RESPONSE_TOPIC_REFUSED, refused, route.name)
         for name, value in matched.params.items():
             if not route.parameter_rule.fullmatch(value):
                 return dead(
@@ -112,4 +125,23 @@ class Intake:
             queue=route.queue,
             args=(payload.model_dump(mode="json"),),
             kwargs=matched.params,
+            headers=_reply_headers(message.reply),
         )
+
+    def refusal_reply(self, message: RawMessage, letter: DeadLetter) -> Reply | None:
+        """The REFUSED reply a request the bridge dead-letters gets: None for a message that asks
+        for none, or whose Response Topic is refused (never published to)."""
+        address = message.reply
+        if (
+            address is None
+            or letter.reason is Reason.RESPONSE_TOPIC_REFUSED
+            or not self.response_topics.allows(address.topic)
+        ):
+            return None
+        document = error_document(letter.reason.value, redact(letter.detail))
+        return Reply(address, ReplyStatus.REFUSED, document)
+
+
+def _reply_headers(address: ReplyAddress | None) -> dict[str, Any] | None:
+    """The task message headers that carry a request's reply address to the worker."""
+    return None if address is None else {REPLY_HEADER: address.header()}

@@ -14,7 +14,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
 
 REPLY_HEADER = "taskhub_reply"
 """Task message header: the request's reply address, `ReplyAddress.header()`."""
@@ -113,3 +116,11 @@ def error_document(reason: str, detail: str, task_id: str | None = None) -> byte
     """The payload of a FAILED or REFUSED reply (documented in docs/requests.md)."""
     error: dict[str, Any] = {"reason": reason, "detail": detail, "task_id": task_id}
     return json.dumps({"error": error}).encode()
+
+
+def add_reply(pipe: Pipeline, stream: str, fields: Mapping[str, str], maxlen: int) -> None:
+    """Queue one reply's XADD to the outbox (`redis_keys.reply_outbox`) on `pipe`, to land with the
+    rest of its transaction: `fields` are `Reply.entry()`, the stream capped at `maxlen`
+    (TASKHUB_REPLIES__OUTBOX_MAXLEN; approximately: Redis trims whole nodes). Every writer of the
+    outbox comes through here, so none can forget the cap."""
+    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]

@@ -348,6 +348,9 @@ class ReplySettings(_Block):
     """MQTT topic filters, below TASKHUB_TOPIC_PREFIX, that a request's Response Topic must
     match; any other is refused and dead-lettered (response_topic_refused), so no client can make
     taskhub publish where it likes. Empty refuses every request."""
+    outbox_maxlen: int = Field(100_000, ge=1)
+    """Replies the outbox stream keeps waiting to be published, approximately (XADD MAXLEN ~): past
+    it the oldest are dropped, so replies nobody publishes (every bridge down) cannot fill Redis."""
 
 
 class TracingSettings(_Block):

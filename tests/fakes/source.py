@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bridge.source import Received
 from taskhub.intake import RawMessage
+from taskhub.replies import Reply, ReplyAddress
 from tests.fakes.clock import FakeClock
 
 
@@ -64,6 +65,14 @@ class FakeSource:
         self.before_ack: Callable[[], None] | None = None
         """Run by the next ack() before it acks anything (then cleared): a step to inject there."""
         self._mids = itertools.count(1)
+        self.replies: dict[int, Reply] = {}
+        """Replies published and not yet acknowledged by the broker, by packet id."""
+        self.replies_acked: list[int] = []
+
+    def puback_replies(self) -> None:
+        """The broker acknowledges every reply published so far."""
+        self.replies_acked += list(self.replies)
+        self.replies.clear()
 
     # What a test does as the broker.
 
@@ -75,9 +84,11 @@ class FakeSource:
         qos: int = 1,
         retained_replay: bool = False,
         sent_at: float | None = None,
+        reply: ReplyAddress | None = None,
     ) -> None:
         """The broker has a message for the session; the next pump reads it."""
-        self.queued.append(Queued(RawMessage(topic, payload, {}), qos, retained_replay, sent_at))
+        message = RawMessage(topic, payload, {}, reply)
+        self.queued.append(Queued(message, qos, retained_replay, sent_at))
 
     def drop_connection(self) -> None:
         """The connection ends: what was read stays read (and stale); unacked messages wait at
@@ -157,6 +168,17 @@ class FakeSource:
     def publish(self, topic: str, payload: str) -> None:
         if self.connected:
             self.published.append((topic, payload))
+
+    def publish_reply(self, reply: Reply) -> int | None:
+        if not self.connected:
+            return None
+        mid = next(self._mids)
+        self.replies[mid] = reply
+        return mid
+
+    def completed_replies(self) -> list[int]:
+        acked, self.replies_acked = self.replies_acked, []
+        return acked
 
     def shed_and_drained(self) -> bool:
         return self.connected and self.shed > 0 and not self.received

@@ -25,6 +25,8 @@ class FakeWriter:
         """Task bodies per queue, oldest first (the order a worker takes them in)."""
         self.letters: list[dict[str, str]] = []
         """Dead letters' fields, in stream order."""
+        self.replies: list[dict[str, str]] = []
+        """Reply outbox entries' fields, in stream order."""
         self.ledger: set[str] = set()
         self.letter_ids: list[str] = []
         self.repeated = 0
@@ -64,6 +66,8 @@ class FakeWriter:
                     self.repeated += 1
                 self.ledger.add(item.task_id)
                 self.queues.setdefault(item.key, []).append(item.body)
+            elif item.kind is OutboundKind.REPLY:
+                self.replies.append(json.loads(item.body))
             else:
                 self.letters.append(json.loads(item.body))
                 ids.append(f"{len(self.letters)}-0")
