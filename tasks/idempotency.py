@@ -91,9 +91,11 @@ def absorb_duplicate(
         settle_in_commit(pipe, task_id)
         if address is not None:
             payload = stored_result(marker) or replies.result_json(answer)
-            replies.add_reply(pipe, replies.ok(address, payload))
+            reply = replies.ok(address, payload)
+            replies.reply_in_commit(pipe, reply)
         pipe.execute()
     if address is not None:
+        replies.reply_after_commit(reply)
         replies.mark_replied(task_id)
     settle_after_commit(task_id)
     return answer
@@ -123,6 +125,7 @@ def commit_planned(
     """
     key = done_key(identity)
     window = int(get_settings().tasks.idempotency_window)
+    answer: Reply | None = None
     for _ in range(MAX_COMMIT_ATTEMPTS):
         with store_redis().pipeline() as pipe:
             try:
@@ -135,7 +138,7 @@ def commit_planned(
                 writes(pipe)
                 pipe.set(key, _marker(answer), ex=window)
                 if answer is not None:
-                    replies.add_reply(pipe, answer)
+                    replies.reply_in_commit(pipe, answer)
                 if task_id:
                     settle_in_commit(pipe, task_id)
                 pipe.execute()
@@ -152,11 +155,19 @@ def commit_planned(
                 # A watched key moved (or the connection dropped: the next WATCH finds out).
     else:
         raise CommitContended(f"{identity}: {', '.join(watch)} kept changing while it committed")
-    if task_id and reply is not None:
-        replies.mark_replied(task_id)
+    _after_commit(task_id, answer)
+    return result
+
+
+def _after_commit(task_id: str | None, answer: Reply | None) -> None:
+    """What follows a commit outside its transaction when the effect store is not the broker's
+    Redis: the reply and the ledger (tasks/ledger.py says why that order is safe)."""
+    if answer is not None:
+        replies.reply_after_commit(answer)
+        if task_id:
+            replies.mark_replied(task_id)
     if task_id:
         settle_after_commit(task_id)
-    return result
 
 
 def _marker(reply: Reply | None) -> bytes | int:

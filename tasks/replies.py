@@ -3,9 +3,10 @@ in taskhub/replies.py.
 
 A task whose message carries a reply address (the `taskhub_reply` header) replies once it is done:
 OK with its result when its effect commits, FAILED with an error document when it fails for good.
-Retries and deferrals do not reply. A reply is an entry in the outbox stream, in the effect store's
-Redis, which a bridge publishes; tasks/idempotency.py adds the OK reply in the effect's own
-transaction, so a reply exists if and only if the effect committed. A task that does not commit
+Retries and deferrals do not reply. A reply is an entry in the outbox stream, beside the ledger in
+the broker's Redis, which a bridge publishes; tasks/idempotency.py adds the OK reply in the
+effect's own transaction when the effect store is that Redis (and just after it otherwise), so a
+reply exists if and only if the effect committed. A task that does not commit
 through tasks/idempotency.py replies from the `task_success` signal instead, after it returned.
 """
 
@@ -21,16 +22,13 @@ from celery import Task, current_task
 from celery.signals import task_success
 from redis.client import Pipeline
 
-from taskhub import redis_keys
+from taskhub import redis_keys, replies
 from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress, ReplyStatus, error_document
 from taskhub.settings import get_settings
-from tasks.store import store_redis
+from tasks.ledger import ledger_in_store, ledger_redis
 
 log = logging.getLogger("taskhub.worker")
 
-OUTBOX_MAXLEN = 100_000
-"""About how many replies the outbox keeps (XADD MAXLEN ~): a bridge away for long enough loses
-the oldest unpublished ones rather than fill Redis; their requesters time out."""
 STORED_RESULT_MAX_BYTES = 64 * 1024
 """Largest result a request's done-marker keeps for its duplicates' replies: the marker lives the
 whole idempotency window. A larger result is not kept, and a duplicate replies with the
@@ -81,9 +79,33 @@ def outbox_key() -> str:
     return redis_keys.reply_outbox(get_settings().key_prefix)
 
 
-def add_reply(pipe: Pipeline | redis.Redis, reply: Reply) -> None:
-    """Queue `reply` on `pipe` (in the effect's transaction), or add it now on a client."""
-    pipe.xadd(outbox_key(), reply.entry(), maxlen=OUTBOX_MAXLEN, approximate=True)  # type: ignore[arg-type]
+def add_reply(pipe: Pipeline, reply: Reply) -> None:
+    """Queue `reply` on `pipe`, a transaction on the outbox's Redis."""
+    maxlen = get_settings().replies.outbox_maxlen
+    replies.add_reply(pipe, outbox_key(), reply.entry(), maxlen)
+
+
+def reply_in_commit(pipe: Pipeline, reply: Reply) -> None:
+    """Queue `reply` on `pipe`, a transaction on the effect store, if the outbox is there too.
+
+    The outbox lives beside the ledger and the dead letters, in the broker's Redis, where the
+    bridges read it; `reply_after_commit` covers a separate effect store."""
+    if ledger_in_store():
+        add_reply(pipe, reply)
+
+
+def reply_after_commit(reply: Reply) -> None:
+    """Add `reply` to the broker's Redis once the effect store committed, if they are two Redis.
+    A crash between the two leaves the task unacked: its redelivery is absorbed as a duplicate,
+    which replies with the result the marker kept."""
+    if not ledger_in_store():
+        reply_now(reply)
+
+
+def reply_now(reply: Reply) -> None:
+    with ledger_redis().pipeline() as pipe:
+        add_reply(pipe, reply)
+        pipe.execute()
 
 
 def ok(address: ReplyAddress, payload: bytes) -> Reply:
@@ -101,7 +123,7 @@ def reply_failed(task: Task, task_id: str, reason: str, detail: str) -> None:
     if address is None:
         return
     try:
-        add_reply(store_redis(), failed(address, reason, detail, task_id))
+        reply_now(failed(address, reason, detail, task_id))
     except redis.RedisError as error:
         log.error("task %s failed and its reply could not be queued: %s", task_id, error)
 
@@ -124,6 +146,6 @@ def reply_after_success(sender: Task | None = None, result: Any = None, **_: Any
     except (TypeError, ValueError) as error:
         reply = failed(address, RESULT_NOT_JSON, f"{type(error).__name__}: {error}", task_id)
     try:
-        add_reply(store_redis(), reply)
+        reply_now(reply)
     except redis.RedisError as error:
         log.error("task %s succeeded and its reply could not be queued: %s", task_id, error)
