@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -30,12 +31,20 @@ from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern
+from taskhub.tracing import start as start_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from bridge.message_spans import MessageSpans
+    from taskhub.routes import RouteTable
 
 log = logging.getLogger("taskhub.bridge")
 
 
-def build_bridge(settings: Settings) -> Bridge:
-    """A bridge wired from settings; raises SystemExit with one line if the routes are wrong."""
+def build_bridge(settings: Settings, tracing: TracerProvider | None = None) -> Bridge:
+    """A bridge wired from settings, tracing each message to `tracing` if given; raises
+    SystemExit with one line if the routes are wrong."""
     routes = checked_routes(settings)
     topic = settings.bridge.deadletter_topic
     if topic is not None:
@@ -87,7 +96,7 @@ def build_bridge(settings: Settings) -> Bridge:
         settings.mqtt.client_id,
     )
     return Bridge(
-        MqttSource(settings.mqtt, routes),
+        MqttSource(settings.mqtt, routes, traced=tracing is not None),
         Intake(routes, bridge_settings.max_payload_bytes),
         MessageBuilder.for_tasks(app, routes.task_queues),
         delivery,
@@ -101,7 +110,17 @@ def build_bridge(settings: Settings) -> Bridge:
             settings.mqtt.client_id,
             settings.telemetry.beat_interval,
         ),
+        spans=message_spans(routes, tracing),
     )
+
+
+def message_spans(routes: RouteTable, tracing: TracerProvider | None) -> MessageSpans | None:
+    """The per-message spans while tracing is on; imported only then."""
+    if tracing is None:
+        return None
+    from bridge.message_spans import MessageSpans
+
+    return MessageSpans(routes, tracing)
 
 
 def start_probes(settings: Settings, bridge: Bridge) -> ProbeServer | None:
@@ -134,7 +153,8 @@ def main() -> int:
     )
     redact_logs()
     settings = settings_or_exit()
-    bridge = build_bridge(settings)
+    tracing = start_tracing("taskhub-bridge", settings)
+    bridge = build_bridge(settings, tracing)
     freeze_startup_objects()  # full collections would walk Celery's heap and stall the loop
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -161,6 +181,8 @@ def main() -> int:
     finally:
         if probes is not None:
             probes.stop()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still batched
 
 
 if __name__ == "__main__":

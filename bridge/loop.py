@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -31,6 +33,11 @@ from taskhub.intake import Intake
 from taskhub.settings import BridgeSettings
 from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from bridge.message_spans import MessageSpans
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -67,6 +74,8 @@ class Pending:
     """The dead letter `outbound` carries, if it is one."""
     sent_at: float | None = None
     """The message's own publish time, epoch seconds, where it carries one."""
+    span: Span | None = None
+    """Its span while tracing is on (bridge/message_spans.py), ended once it is durable."""
 
 
 _READ_AT = attrgetter("received.read_at")
@@ -91,7 +100,9 @@ class Bridge:
         key_prefix: str,
         beats: StateRecorder | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        spans: MessageSpans | None = None,
     ) -> None:
+        """`spans` None: tracing off, and no trace work per message beyond asking."""
         self.source = source
         self.intake = intake
         self.builder = builder
@@ -99,6 +110,7 @@ class Bridge:
         self.sweeper = sweeper
         self.replica = replica
         self.clock = clock
+        self.spans = spans
         self.exit_code = 0
         self._leaving: bool | None = None
         """Decided at the stop: whether this replica leaves its share group for good."""
@@ -133,6 +145,7 @@ class Bridge:
             # A session ends only with nothing unacked or queued in it: those would end with it.
             left_clean = self._drained and not self.pending and not self.source.received
             self._abandon(len(self.pending), "still undelivered at shutdown")
+            self._abandon_spans(self.pending)
             self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
             self.source.close(end_session=bool(self._leaving) and left_clean)
@@ -272,13 +285,16 @@ class Bridge:
         if received.retained_replay:
             return Pending(received, None)
         verdict = self.intake.judge(received.message)
+        span = None
+        if self.spans is not None:
+            span, verdict = self.spans.start(received, verdict)
         if isinstance(verdict, DeadLetter):
             outbound = Outbound.dead_letter(verdict, self.deadletter_key)
-            return Pending(received, outbound, verdict, received.sent_at)
+            return Pending(received, outbound, verdict, received.sent_at, span)
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
         if sent_at is None:
             sent_at = from_payload(verdict.args[0])
-        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at)
+        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at, span)
 
     def _batch_due(self) -> bool:
         if len(self.pending) >= self.settings.batch_size or self._stop.is_set():
@@ -323,6 +339,8 @@ class Bridge:
             self.counters.landed += len(outbound) - dead
         else:
             self.counters.spooled += len(outbound) - dead
+        if self.spans is not None:
+            self.spans.ended([(item.span, item.letter) for item in delivered], outcome.value)
         self.batches.landed(
             len(batch),
             map(_READ_AT, delivered),
@@ -340,8 +358,12 @@ class Bridge:
             self.source.publish(self.settings.deadletter_topic, outbound.body)
 
     def _drop_stale(self) -> None:
-        kept = deque(item for item in self.pending if self.source.is_current(item.received))
-        self._abandon(len(self.pending) - len(kept), "their mqtt connection was lost")
+        kept: deque[Pending] = deque()
+        stale: list[Pending] = []
+        for item in self.pending:
+            (kept if self.source.is_current(item.received) else stale).append(item)
+        self._abandon(len(stale), "their mqtt connection was lost")
+        self._abandon_spans(stale)
         self.pending = kept
         self._batch_started = self.clock.now() if kept else None
 
@@ -354,6 +376,10 @@ class Bridge:
                 len(self.pending),
             )
         self._hold.failed()
+
+    def _abandon_spans(self, items: Iterable[Pending]) -> None:
+        if self.spans is not None:
+            self.spans.abandoned(item.span for item in items)
 
     def _shutdown_overdue(self) -> bool:
         started = self._stop_requested_at or self.clock.now()
