@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.source import Received
@@ -75,9 +75,12 @@ class FakeSource:
         qos: int = 1,
         retained_replay: bool = False,
         sent_at: float | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> None:
-        """The broker has a message for the session; the next pump reads it."""
-        self.queued.append(Queued(RawMessage(topic, payload, {}), qos, retained_replay, sent_at))
+        """The broker has a message for the session; the next pump reads it. `trace`: its trace
+        context, as the real source reads it from user properties while tracing is on."""
+        message = RawMessage(topic, payload, {}, trace=trace)
+        self.queued.append(Queued(message, qos, retained_replay, sent_at))
 
     def drop_connection(self) -> None:
         """The connection ends: what was read stays read (and stale); unacked messages wait at
