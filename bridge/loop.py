@@ -340,7 +340,8 @@ class Bridge:
         else:
             self.counters.spooled += len(outbound) - dead
         if self.spans is not None:
-            self.spans.ended([(item.span, item.letter) for item in delivered], outcome.value)
+            spooled = outcome is Outcome.SPOOLED
+            self.spans.ended([(item.span, item.letter) for item in delivered], spooled)
         self.batches.landed(
             len(batch),
             map(_READ_AT, delivered),
