@@ -2,10 +2,12 @@
 are in Redis (by count), by a raw subscriber (the ceiling), a naive bridge, and taskhub's bridge.
 
     python -m bench.bridge_throughput [--messages 200000] [--rounds 5] [--profile FILE]
+        [--contestants raw,naive,taskhub] [--baseline DIR]
 
-Each round publishes N messages once into three persistent sessions (one per contestant), then
-times each contestant in turn, rotating who goes first. Speed is N / (last landed - first landed).
-Prints a table of medians and, last, `bridge: taskhub=X/s naive=Y/s raw=Z/s vs_naive= vs_raw=`.
+Each round publishes N messages once into one persistent session per contestant, then times each
+contestant in turn, rotating who goes first. Speed is N / (last landed - first landed). Prints a
+table of medians and, last, `bridge: taskhub=X/s naive=Y/s raw=Z/s vs_naive= vs_raw=` (with
+other contestants, each one's speed and its ratio to taskhub's).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -22,9 +26,21 @@ from rich.table import Table
 
 from bench.contestants import open_session, raw_seconds, start_bridge, start_naive, start_raw
 from bench.harness import TOPIC_PREFIX, Stage, median, peak_rss_mb, stage, use_stage, wait_until
-from rig.processes import Process
+from bench.otlp_sink import READY as SINK_READY
+from bench.otlp_sink import spans_received
+from rig.isolation import free_port
+from rig.processes import Process, python_module
 
 CONTESTANTS = ("raw", "naive", "taskhub")
+"""The default contestants."""
+BRIDGES = ("taskhub", "traced", "sampled", "baseline")
+"""`python -m bridge` as run, differing only in their environment: taskhub (tracing off, the
+default), traced (every message traced, spans exported over OTLP/HTTP to bench/otlp_sink.py),
+sampled (the same, 1 trace in SAMPLED_RATIO^-1 recorded, every one propagated), baseline (the
+code under --baseline DIR, such as `git archive` of an earlier commit)."""
+KNOWN = ("taskhub", "naive", "raw", "traced", "sampled", "baseline")
+"""Every contestant, in the order the summary names them."""
+SAMPLED_RATIO = 0.01
 QUEUE = "checkins"
 FILTERS = [(f"{TOPIC_PREFIX}checkins/#", 1), (f"{TOPIC_PREFIX}sensors/#", 1)]
 DRAIN_TIMEOUT = 900.0
@@ -92,24 +108,75 @@ def drain_naive(found: Stage, count: int) -> float:
 
 
 def drain_taskhub(
-    found: Stage, count: int, profile: Path | None, session: str = "taskhub"
+    found: Stage,
+    count: int,
+    profile: Path | None,
+    session: str = "taskhub",
+    env: Mapping[str, str] | None = None,
 ) -> tuple[float, float]:
-    """taskhub's bridge as an operator runs it, on the MQTT session named `session`; returns
-    (speed, peak RSS MB)."""
-    return _drain_into_redis(found, count, start_bridge(found, client_id(session), profile))
+    """taskhub's bridge as an operator runs it, on the MQTT session named `session`, with `env`
+    added; returns (speed, peak RSS MB)."""
+    bridge = start_bridge(found, client_id(session), profile, env, name=session)
+    return _drain_into_redis(found, count, bridge)
 
 
-def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) -> int:
+TRACED = ("traced", "sampled")
+
+
+@contextmanager
+def otlp_sink(found: Stage, needed: bool) -> Iterator[tuple[Process | None, str]]:
+    """bench/otlp_sink.py as a process of its own, and its endpoint, if `needed`."""
+    if not needed:
+        yield None, ""
+        return
+    port = free_port()
+    sink = Process("otlp-sink", python_module("bench.otlp_sink", str(port)), found.workdir, {})
+    sink.start()
+    try:
+        sink.wait_output(SINK_READY, timeout=30)
+        yield sink, f"http://127.0.0.1:{port}"
+    finally:
+        sink.kill()
+
+
+def bridge_env(name: str, endpoint: str, baseline: Path | None) -> dict[str, str]:
+    """What the environment of bridge contestant `name` adds."""
+    traced = {"TASKHUB_TRACING__ENABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    if name == "traced":
+        return traced
+    if name == "sampled":
+        return {
+            **traced,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(SAMPLED_RATIO),
+        }
+    if name == "baseline":
+        assert baseline is not None
+        return {"PYTHONPATH": str(baseline.resolve())}
+    return {}
+
+
+def run(  # noqa: C901, PLR0912 (one loop over contestants, then the summary)
+    messages: int,
+    rounds: int,
+    profile: Path | None,
+    redis_db: int | None,
+    contestants: tuple[str, ...] = CONTESTANTS,
+    baseline: Path | None = None,
+) -> int:
     console = Console(stderr=True)
-    speeds: dict[str, list[float]] = {name: [] for name in CONTESTANTS}
-    rss: list[float] = []
-    with stage(redis_db) as found:
+    speeds: dict[str, list[float]] = {name: [] for name in contestants}
+    rss: dict[str, list[float]] = {name: [] for name in contestants if name in BRIDGES}
+    exported: list[str] = []
+    needed = any(name in TRACED for name in contestants)
+    with stage(redis_db) as found, otlp_sink(found, needed) as (sink, endpoint):
         use_stage(found, client_id("naive"))
-        for name in CONTESTANTS:
+        for name in contestants:
             open_session(found, client_id(name), FILTERS)
         for round_number in range(rounds):
             seconds = preload(found, messages, seed=round_number + 1)
-            order = CONTESTANTS[round_number % 3 :] + CONTESTANTS[: round_number % 3]
+            turn = round_number % len(contestants)
+            order = contestants[turn:] + contestants[:turn]
             line = [f"round {round_number + 1}: preload {messages / seconds:,.0f}/s"]
             for name in order:
                 found.redis().flushdb()
@@ -118,8 +185,13 @@ def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) 
                 elif name == "naive":
                     speed = drain_naive(found, messages)
                 else:
-                    speed, peak = drain_taskhub(found, messages, None)
-                    rss.append(peak)
+                    spans_before = spans_received(sink.output()) if sink else 0
+                    env = bridge_env(name, endpoint, baseline)
+                    speed, peak = drain_taskhub(found, messages, None, name, env)
+                    rss[name].append(peak)
+                    if sink is not None and name in TRACED:  # its spans flushed at its stop
+                        spans = spans_received(sink.output()) - spans_before
+                        exported.append(f"round {round_number + 1} {name}: {spans:,}")
                 speeds[name].append(speed)
                 line.append(f"{name} {speed:,.0f}/s")
             console.print(", ".join(line))
@@ -127,10 +199,12 @@ def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) 
             preload(found, messages, seed=rounds + 1)
             found.redis().flushdb()
             drain_taskhub(found, messages, profile)
+    if exported:
+        print(f"spans exported (of {messages:,} messages a drain): {'; '.join(exported)}")
     table = Table(title=f"drain {messages:,} QoS 1 messages, {rounds} rounds (messages/s)")
     for column in ("contestant", "median", "min", "max"):
         table.add_column(column, justify="right")
-    for name in CONTESTANTS:
+    for name in contestants:
         found_speeds = speeds[name]
         table.add_row(
             name,
@@ -139,16 +213,29 @@ def run(messages: int, rounds: int, profile: Path | None, redis_db: int | None) 
             f"{max(found_speeds):,.0f}",
         )
     Console().print(table)
-    taskhub, naive, raw = (median(speeds[name]) for name in ("taskhub", "naive", "raw"))
-    print(f"bridge peak RSS: median {median(rss):.1f} MB, max {max(rss):.1f} MB")
+    for name, peaks in rss.items():
+        label = "bridge" if name == "taskhub" else name
+        print(f"{label} peak RSS: median {median(peaks):.1f} MB, max {max(peaks):.1f} MB")
     if profile is not None:
         print(f"profile of an extra taskhub drain: {profile}")
         pstats.Stats(str(profile)).sort_stats("tottime").print_stats(12)
-    print(
-        f"bridge: taskhub={taskhub:,.0f}/s naive={naive:,.0f}/s raw={raw:,.0f}/s "
-        f"vs_naive={taskhub / naive:.2f} vs_raw={taskhub / raw:.2f}"
-    )
+    print(summary({name: median(found) for name, found in speeds.items()}))
     return 0
+
+
+def summary(speeds: Mapping[str, float]) -> str:
+    """The last line: each contestant's median speed, then taskhub's against the others."""
+    named = [name for name in KNOWN if name in speeds]
+    parts = [f"{name}={speeds[name]:,.0f}/s" for name in named]
+    if "taskhub" in speeds:
+        taskhub = speeds["taskhub"]
+        for name in ("naive", "raw"):
+            if name in speeds:
+                parts.append(f"vs_{name}={taskhub / speeds[name]:.2f}")
+        for name in named:
+            if name in BRIDGES and name != "taskhub":
+                parts.append(f"{name}_vs_taskhub={speeds[name] / taskhub:.3f}")
+    return "bridge: " + " ".join(parts)
 
 
 def main() -> int:
@@ -157,8 +244,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", type=Path, help="cProfile one more taskhub drain into FILE")
     parser.add_argument("--redis-db", type=int, help="use (and empty) this Redis database")
+    parser.add_argument(
+        "--contestants",
+        default=",".join(CONTESTANTS),
+        help=f"comma-separated, from {', '.join(KNOWN)}",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="the code tree the `baseline` contestant runs the bridge of"
+    )
     args = parser.parse_args()
-    return run(args.messages, args.rounds, args.profile, args.redis_db)
+    contestants = tuple(name.strip() for name in args.contestants.split(",") if name.strip())
+    unknown = set(contestants) - set(KNOWN)
+    if unknown or not contestants or len(set(contestants)) != len(contestants):
+        parser.error(f"--contestants: each once, from {', '.join(KNOWN)}")
+    if ("baseline" in contestants) != (args.baseline is not None):
+        parser.error("the baseline contestant and --baseline DIR go together")
+    return run(args.messages, args.rounds, args.profile, args.redis_db, contestants, args.baseline)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.harness import TOPIC_PREFIX, Stage
@@ -36,8 +37,14 @@ def open_session(found: Stage, client_id: str, filters: list[tuple[str, int]]) -
         client.loop_stop()
 
 
-def _process(found: Stage, name: str, client_id: str, argv: list[str]) -> Process:
-    env = {**found.env(client_id), "PYTHONUNBUFFERED": "1"}
+def _process(
+    found: Stage,
+    name: str,
+    client_id: str,
+    argv: list[str],
+    extra: Mapping[str, str] | None = None,
+) -> Process:
+    env = {**found.env(client_id), "PYTHONUNBUFFERED": "1", **(extra or {})}
     return Process(name, argv, found.workdir, env)
 
 
@@ -70,10 +77,17 @@ def start_naive(found: Stage, client_id: str) -> Process:
     return _process(found, "naive", client_id, argv).start()
 
 
-def start_bridge(found: Stage, client_id: str, profile: Path | None) -> Process:
-    """`python -m bridge` on this stage; under cProfile when `profile` names an output file."""
+def start_bridge(
+    found: Stage,
+    client_id: str,
+    profile: Path | None,
+    env: Mapping[str, str] | None = None,
+    name: str = "taskhub",
+) -> Process:
+    """`python -m bridge` on this stage, with `env` added (tracing on, another code tree); under
+    cProfile when `profile` names an output file."""
     argv = [sys.executable]
     if profile is not None:
         argv += ["-m", "cProfile", "-o", str(profile)]
     argv += ["-m", "bridge"]
-    return _process(found, "taskhub", client_id, argv).start()
+    return _process(found, name, client_id, argv, env).start()

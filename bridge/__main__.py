@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -32,12 +33,20 @@ from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.probes import ProbeServer
 from taskhub.telemetry.queues import QueueCollector
 from taskhub.topics import TopicPattern
+from taskhub.tracing import start as start_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from bridge.message_spans import MessageSpans
+    from taskhub.routes import RouteTable
 
 log = logging.getLogger("taskhub.bridge")
 
 
-def build_bridge(settings: Settings) -> Bridge:
-    """A bridge wired from settings; raises SystemExit with one line if the routes are wrong."""
+def build_bridge(settings: Settings, tracing: TracerProvider | None = None) -> Bridge:
+    """A bridge wired from settings, tracing each message to `tracing` if given; raises
+    SystemExit with one line if the routes are wrong."""
     routes = checked_routes(settings)
     topic = settings.bridge.deadletter_topic
     if topic is not None:
@@ -89,7 +98,7 @@ def build_bridge(settings: Settings) -> Bridge:
         ),
         settings.mqtt.client_id,
     )
-    source = MqttSource(settings.mqtt, routes)
+    source = MqttSource(settings.mqtt, routes, traced=tracing is not None)
     response_topics = ResponseTopics(settings.replies.allowed_topics, settings.topic_prefix)
     replies = None
     if settings.mqtt.protocol is MqttProtocol.V5:  # MQTT 3.1.1 carries no Response Topic
@@ -112,7 +121,17 @@ def build_bridge(settings: Settings) -> Bridge:
             settings.telemetry.beat_interval,
         ),
         replies=replies,
+        spans=message_spans(routes, tracing),
     )
+
+
+def message_spans(routes: RouteTable, tracing: TracerProvider | None) -> MessageSpans | None:
+    """The per-message spans while tracing is on; imported only then."""
+    if tracing is None:
+        return None
+    from bridge.message_spans import MessageSpans
+
+    return MessageSpans(routes, tracing)
 
 
 def start_probes(settings: Settings, bridge: Bridge) -> ProbeServer | None:
@@ -145,7 +164,8 @@ def main() -> int:
     )
     redact_logs()
     settings = settings_or_exit()
-    bridge = build_bridge(settings)
+    tracing = start_tracing("taskhub-bridge", settings)
+    bridge = build_bridge(settings, tracing)
     freeze_startup_objects()  # full collections would walk Celery's heap and stall the loop
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -172,6 +192,8 @@ def main() -> int:
     finally:
         if probes is not None:
             probes.stop()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still batched
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -31,6 +33,11 @@ from taskhub.intake import Intake
 from taskhub.settings import BridgeSettings
 from taskhub.task_messages import MessageBuilder
 from taskhub.telemetry.deadletter_log import flush_dead_letter_log, log_dead_letter
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from bridge.message_spans import MessageSpans
 
 log = logging.getLogger("taskhub.bridge")
 
@@ -69,6 +76,8 @@ class Pending:
     """The message's own publish time, epoch seconds, where it carries one."""
     reply: Outbound | None = None
     """The REFUSED reply a dead-lettered request gets, landed in the same batch as its letter."""
+    span: Span | None = None
+    """Its span while tracing is on (bridge/message_spans.py), ended once it is durable."""
 
 
 _READ_AT = attrgetter("received.read_at")
@@ -94,7 +103,9 @@ class Bridge:
         beats: StateRecorder | None = None,
         clock: Clock = SYSTEM_CLOCK,
         replies: ReplyPublisher | None = None,
+        spans: MessageSpans | None = None,
     ) -> None:
+        """`spans` None: tracing off, and no trace work per message beyond asking."""
         self.source = source
         self.replies = replies
         """Publishes the reply outbox; None on MQTT 3.1.1, which carries no reply properties."""
@@ -104,6 +115,7 @@ class Bridge:
         self.sweeper = sweeper
         self.replica = replica
         self.clock = clock
+        self.spans = spans
         self.exit_code = 0
         self._leaving: bool | None = None
         """Decided at the stop: whether this replica leaves its share group for good."""
@@ -139,6 +151,7 @@ class Bridge:
             # A session ends only with nothing unacked or queued in it: those would end with it.
             left_clean = self._drained and not self.pending and not self.source.received
             self._abandon(len(self.pending), "still undelivered at shutdown")
+            self._abandon_spans(self.pending)
             self._abandon(len(self.source.received), "read but not yet taken at shutdown")
             self.pending.clear()
             self.source.close(end_session=bool(self._leaving) and left_clean)
@@ -293,6 +306,9 @@ class Bridge:
         if received.retained_replay:
             return Pending(received, None)
         verdict = self.intake.judge(received.message)
+        span = None
+        if self.spans is not None:
+            span, verdict = self.spans.start(received, verdict)
         if isinstance(verdict, DeadLetter):
             outbound = Outbound.dead_letter(verdict, self.deadletter_key)
             return Pending(
@@ -300,12 +316,13 @@ class Bridge:
                 outbound,
                 verdict,
                 received.sent_at,
-                self._refusal_reply(received, verdict),
+                reply=self._refusal_reply(received, verdict),
+                span=span,
             )
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
         if sent_at is None:
             sent_at = from_payload(verdict.args[0])
-        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at)
+        return Pending(received, Outbound.task(verdict, self.builder), None, sent_at, span=span)
 
     def _refusal_reply(self, received: Received, letter: DeadLetter) -> Outbound | None:
         if received.message.reply is None:  # the common case: not a request
@@ -358,6 +375,9 @@ class Bridge:
             self.counters.landed += len(outbound) - dead
         else:
             self.counters.spooled += len(outbound) - dead
+        if self.spans is not None:
+            spooled = outcome is Outcome.SPOOLED
+            self.spans.ended([(item.span, item.letter) for item in delivered], spooled)
         self.batches.landed(
             len(batch),
             map(_READ_AT, delivered),
@@ -375,8 +395,12 @@ class Bridge:
             self.source.publish(self.settings.deadletter_topic, outbound.body)
 
     def _drop_stale(self) -> None:
-        kept = deque(item for item in self.pending if self.source.is_current(item.received))
-        self._abandon(len(self.pending) - len(kept), "their mqtt connection was lost")
+        kept: deque[Pending] = deque()
+        stale: list[Pending] = []
+        for item in self.pending:
+            (kept if self.source.is_current(item.received) else stale).append(item)
+        self._abandon(len(stale), "their mqtt connection was lost")
+        self._abandon_spans(stale)
         self.pending = kept
         self._batch_started = self.clock.now() if kept else None
 
@@ -389,6 +413,10 @@ class Bridge:
                 len(self.pending),
             )
         self._hold.failed()
+
+    def _abandon_spans(self, items: Iterable[Pending]) -> None:
+        if self.spans is not None:
+            self.spans.abandoned(item.span for item in items)
 
     def _shutdown_overdue(self) -> bool:
         started = self._stop_requested_at or self.clock.now()

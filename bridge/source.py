@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bridge import trace_context
 from bridge.backoff import Backoff
 from bridge.bulk_client import BulkClient, decode_properties
 from bridge.publish_time import from_properties, from_raw_properties
@@ -100,8 +101,10 @@ def _letter_properties(raw: bytes) -> dict[str, Any]:
 class MqttSource:
     """Subscribes every route and collects received messages in arrival order."""
 
-    def __init__(self, settings: MqttSettings, routes: RouteTable) -> None:
+    def __init__(self, settings: MqttSettings, routes: RouteTable, *, traced: bool = False) -> None:
+        """`traced`: read each message's trace context (bridge/trace_context.py)."""
         self.settings = settings
+        self.traced = traced
         self.client: BulkClient = new_client(  # type: ignore[assignment]
             settings,
             settings.client_id,
@@ -433,9 +436,10 @@ class MqttSource:
             lazy: Any = functools.partial(_letter_properties, properties)
             sent_at = from_raw_properties(properties)
             reply = reply_from_raw_properties(properties)
+            trace = trace_context.from_raw_properties(properties) if self.traced else None
         else:
-            lazy, sent_at, reply = dict, None, None
-        raw = RawMessage(topic, payload, lazy, reply)
+            lazy, sent_at, reply, trace = dict, None, None, None
+        raw = RawMessage(topic, payload, lazy, reply, trace)
         retained_replay = self._is_retained_replay(retain)
         self.received.append(
             Received(raw, mid, qos, self.connection, retained_replay, self._read_at, sent_at)
@@ -473,7 +477,8 @@ class MqttSource:
             return
         properties = _properties_of(message)
         reply = reply_from_properties(getattr(message, "properties", None))
-        raw = RawMessage(topic, bytes(message.payload), properties, reply)
+        trace = trace_context.from_properties(properties) if self.traced else None
+        raw = RawMessage(topic, bytes(message.payload), properties, reply, trace)
         retained_replay = self._is_retained_replay(bool(message.retain))
         self.received.append(
             Received(

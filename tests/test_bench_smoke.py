@@ -43,6 +43,24 @@ def test_the_throughput_benchmark_runs_and_reports() -> None:
 
 
 @pytest.mark.usefixtures("broker_redis")
+def test_the_throughput_benchmark_measures_the_bridge_traced() -> None:
+    last = _run(
+        "bench.bridge_throughput",
+        "--messages",
+        "1000",
+        "--rounds",
+        "1",
+        "--contestants",
+        "taskhub,traced",
+    )
+    found = re.fullmatch(
+        rf"bridge: taskhub=({NUMBER})/s traced=({NUMBER})/s traced_vs_taskhub=({NUMBER})", last
+    )
+    assert found, last
+    assert all(float(value.replace(",", "")) > 0 for value in found.groups())
+
+
+@pytest.mark.usefixtures("broker_redis")
 def test_the_latency_benchmark_runs_and_reports() -> None:
     last = _run("bench.latency", "--rate", "100", "--seconds", "3", "--rounds", "1")
     found = re.fullmatch(

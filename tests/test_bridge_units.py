@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import redis
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge.backoff import Backoff
 from bridge.backpressure import Backpressure
@@ -29,18 +31,29 @@ from bridge.loop import (
     SWEEP_INTERVAL_SECONDS,
     Bridge,
 )
+from bridge.message_spans import ABANDONED, SPOOLED, MessageSpans
 from bridge.publisher import PublishFailed
-from taskhub.intake import Intake
+from bridge.source import Received
+from taskhub.intake import Intake, RawMessage
 from taskhub.payloads import Payload
 from taskhub.routes import Route, RouteTable
 from taskhub.settings import BridgeSettings
-from taskhub.task_messages import MessageBuilder
+from taskhub.task_messages import MessageBuilder, TaskCall
 from taskhub.topics import TopicPattern
-from tests.fakes.clock import FakeClock
+from taskhub.tracing import TRACEPARENT, TRACESTATE
+from tests.fakes.clock import START_MONOTONIC, FakeClock
 from tests.fakes.housekeeping import FakeBeats, FakePresence, FakeSweep
 from tests.fakes.source import FakeSource
 from tests.fakes.spool import MemorySpool
 from tests.fakes.writer import UNREACHABLE, FakeWriter
+from tests.support.tracing import (
+    PUBLISHER_SPAN_ID,
+    PUBLISHER_TRACE_ID,
+    PUBLISHER_TRACEPARENT,
+    PUBLISHER_TRACESTATE,
+    Traceparent,
+    private_provider,
+)
 
 TOPIC = "sensors/d1/readings"
 QUEUE = "readings"
@@ -117,8 +130,10 @@ def make_rig(
     read_ahead: int | None = None,
     per_pump: int | None = None,
     beats: FakeBeats | None = None,
+    spans: Callable[[FakeClock], MessageSpans] | None = None,
     **settings: Any,
 ) -> Rig:
+    """`spans`: tracing on, with the message spans this makes on the rig's clock."""
     clock = FakeClock()
     chosen: dict[str, Any] = {
         "batch_size": 100,
@@ -152,6 +167,7 @@ def make_rig(
         "taskhub-test",
         beats,
         clock,
+        spans=spans(clock) if spans is not None else None,
     )
     return Rig(clock, source, writer, spool, presence, sweep, bridge)
 
@@ -790,3 +806,150 @@ def test_a_replica_disconnected_at_the_stop_does_not_leave_its_group() -> None:
     assert rig.bridge.run() == 0
     assert not rig.source.leaving
     assert not rig.presence.left_group
+
+
+# Tracing: the span per message (bridge/message_spans.py).
+
+
+def traced_rig(**settings: Any) -> tuple[Rig, InMemorySpanExporter]:
+    provider, exporter = private_provider()
+    rig = make_rig(spans=lambda clock: MessageSpans(ROUTES, provider, clock), **settings)
+    return rig, exporter
+
+
+def headers_of(task_body: str) -> dict[str, Any]:
+    return dict(json.loads(task_body)["headers"])
+
+
+def seconds(nanoseconds: int | None) -> float:
+    assert nanoseconds is not None
+    return nanoseconds / 1e9
+
+
+def test_a_traced_message_span_runs_from_its_read_to_its_landing_under_the_publishers_trace() -> (
+    None
+):
+    rig, exporter = traced_rig(batch_linger_ms=50)
+    read_at = rig.clock.wall()
+    rig.send(1, trace={TRACEPARENT: PUBLISHER_TRACEPARENT, TRACESTATE: PUBLISHER_TRACESTATE})
+    rig.turn()  # read and taken; the batch lingers
+    rig.wait(0.06)
+    assert exporter.get_finished_spans() == (), "ended before the message landed"
+    rig.turn()
+    assert rig.landed == [1]
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is not None
+    assert (span.parent.trace_id, span.parent.span_id) == (PUBLISHER_TRACE_ID, PUBLISHER_SPAN_ID)
+    assert span.kind is SpanKind.CONSUMER
+    assert span.name == "process sensors/{device}/readings"
+    assert seconds(span.start_time) == pytest.approx(read_at, abs=1e-6)
+    assert seconds(span.end_time) == pytest.approx(read_at + 0.06, abs=1e-6)
+    assert span.status.status_code is StatusCode.UNSET
+    headers = headers_of(rig.writer.queues[QUEUE][0])
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "mqtt",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": TOPIC,
+        "messaging.destination.template": "sensors/{device}/readings",
+        "messaging.message.id": headers["id"],
+    }
+    # The worker's span will be the bridge span's child, in the publisher's trace.
+    carried = Traceparent.parse(headers[TRACEPARENT])
+    assert (carried.trace_id, carried.parent_id) == (PUBLISHER_TRACE_ID, span.context.span_id)
+    assert headers[TRACESTATE] == PUBLISHER_TRACESTATE
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [None, {TRACEPARENT: "00-not-a-trace"}, {TRACEPARENT: f"00-{'0' * 32}-{'1' * 16}-01"}],
+    ids=["none", "malformed", "zero trace id"],
+)
+def test_a_message_without_a_usable_trace_context_starts_a_trace(
+    trace: dict[str, str] | None,
+) -> None:
+    rig, exporter = traced_rig()
+    rig.send(1, trace=trace)
+    rig.turn()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None
+    carried = Traceparent.parse(headers_of(rig.writer.queues[QUEUE][0])[TRACEPARENT])
+    assert (carried.trace_id, carried.parent_id) == (span.context.trace_id, span.context.span_id)
+    assert TRACESTATE not in headers_of(rig.writer.queues[QUEUE][0])
+
+
+def test_a_dead_lettered_message_span_ends_in_error_named_by_its_reason() -> None:
+    rig, exporter = traced_rig()
+    rig.source.send(TOPIC, b"not json")
+    rig.source.send("elsewhere/x", b"{}")
+    rig.turn()
+    assert rig.bridge.counters.dead_lettered == 2
+    bad_json, no_route = exporter.get_finished_spans()
+    assert bad_json.name == "process sensors/{device}/readings"
+    assert no_route.name == "process"
+    for span, reason in ((bad_json, "invalid_json"), (no_route, "no_route")):
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == reason
+        assert (span.attributes or {})["error.type"] == reason
+        assert "messaging.message.id" not in (span.attributes or {})
+
+
+def test_a_spooled_message_span_ends_when_the_spool_holds_it() -> None:
+    rig, exporter = traced_rig()
+    rig.writer.down = True
+    rig.send(1)
+    rig.turn()
+    assert len(rig.spool) == 1
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})[SPOOLED] is True
+
+
+def test_spans_of_messages_left_unacked_end_in_error_and_their_redelivery_is_traced_anew() -> None:
+    rig, exporter = traced_rig(batch_linger_ms=1000)
+    rig.send(1, 2, 3, trace={TRACEPARENT: PUBLISHER_TRACEPARENT})
+    rig.turn()
+    rig.source.drop_connection()
+    rig.turn()
+    rig.wait(1.0)
+    rig.turn()  # the stale three are dropped
+    abandoned = exporter.get_finished_spans()
+    assert [span.status.status_code for span in abandoned] == [StatusCode.ERROR] * 3
+    assert {span.status.description for span in abandoned} == {ABANDONED}
+    rig.wait(1.0)
+    rig.turn()
+    assert rig.landed == [1, 2, 3]
+    landed = exporter.get_finished_spans()[3:]
+    assert [span.status.status_code for span in landed] == [StatusCode.UNSET] * 3
+    assert all(span.parent is not None for span in landed)
+
+
+def test_the_spans_of_messages_in_hand_at_a_shutdown_cut_short_are_ended() -> None:
+    rig, exporter = traced_rig()
+    rig.writer.down = True
+    rig.spool.broken = True
+    rig.send(1)
+    rig.turn()  # held: neither Redis nor the spool takes it
+    rig.bridge.request_stop()
+    rig.wait(SHUTDOWN_GRACE_SECONDS + 1)
+    rig.bridge.run()
+    (span,) = exporter.get_finished_spans()
+    assert span.status.description == ABANDONED
+
+
+def test_a_task_call_keeps_the_headers_it_has_beside_the_trace_context() -> None:
+    provider, _ = private_provider()
+    spans = MessageSpans(ROUTES, provider, FakeClock())
+    received = Received(RawMessage(TOPIC, reading(1), {}), 1, 1, 1, read_at=START_MONOTONIC)
+    call = TaskCall("tests.record", "id-1", QUEUE, ({"n": 1},), {}, headers={"reply": "x"})
+    _, traced = spans.start(received, call)
+    assert isinstance(traced, TaskCall)
+    assert set(traced.headers or {}) == {"reply", TRACEPARENT}
+    assert call.headers == {"reply": "x"}, "the judged call was changed in place"
+
+
+def test_with_tracing_off_a_message_trace_context_goes_nowhere() -> None:
+    rig = make_rig()
+    rig.send(1, trace={TRACEPARENT: PUBLISHER_TRACEPARENT})
+    rig.turn()
+    assert rig.landed == [1]
+    assert not {TRACEPARENT, TRACESTATE} & set(headers_of(rig.writer.queues[QUEUE][0]))

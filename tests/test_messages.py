@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -13,6 +15,17 @@ from celery import Celery
 from taskhub.argsrepr import argsrepr
 from taskhub.deferral import SENT_AT_HEADER
 from taskhub.task_messages import ARGSREPR_MAX, MessageBuilder, TaskCall, deterministic_task_id
+from taskhub.tracing import TRACEPARENT, TRACESTATE
+from tests.support.tracing import (
+    PUBLISHER_TRACE_ID,
+    PUBLISHER_TRACEPARENT,
+    PUBLISHER_TRACESTATE,
+    Traceparent,
+    private_provider,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # Differ by sender or by delivery, not by meaning.
 PER_SENDER = {"origin", SENT_AT_HEADER}
@@ -87,7 +100,9 @@ def _bridge_and_celery_messages(
     task: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    traced: TaskCall | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`traced`: the bridge sends this call (the same one, with its trace headers) instead."""
     call = TaskCall(
         task=task,
         task_id=deterministic_task_id(task, "42"),
@@ -96,6 +111,7 @@ def _bridge_and_celery_messages(
         kwargs=kwargs,
     )
     app.tasks[task].apply_async(args=args, kwargs=kwargs, task_id=call.task_id, queue="checkins")
+    call = traced or call
     builder = MessageBuilder.for_tasks(app, [task])
     broker_redis.lpush("checkins", builder.build(call))
     bridge_built, celery_built = broker_redis.lrange("checkins", 0, -1)
@@ -162,3 +178,82 @@ def test_the_fast_uuids_are_the_standard_ones() -> None:
     made = uuid.UUID(random_uuid())
     assert (made.version, made.variant) == (4, uuid.RFC_4122)
     assert random_uuid() != random_uuid()
+
+
+@pytest.fixture
+def instrumented() -> Iterator[TracerProvider]:
+    """opentelemetry-instrumentation-celery on, as a traced service runs it, with a provider of
+    this test's own (tests/support/tracing.py)."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    provider, _ = private_provider()
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    yield provider
+    instrumentor.uninstrument()
+
+
+PUBLISHER_CONTEXTS: dict[str, dict[str, str]] = {
+    "no context": {},
+    "traceparent": {TRACEPARENT: PUBLISHER_TRACEPARENT},
+    "traceparent and tracestate": {
+        TRACEPARENT: PUBLISHER_TRACEPARENT,
+        TRACESTATE: PUBLISHER_TRACESTATE,
+    },
+}
+
+
+def _traced_call(
+    provider: TracerProvider, task: str, args: tuple[Any, ...], carried: Mapping[str, str]
+) -> TaskCall:
+    """The call as the bridge sends it for a message whose user properties carry `carried`."""
+    from bridge.message_spans import MessageSpans
+    from bridge.source import Received
+    from taskhub.intake import RawMessage
+    from taskhub.payloads import CheckinTweet
+    from taskhub.routes import Route, RouteTable
+    from taskhub.topics import TopicPattern
+
+    route = Route(TopicPattern("checkins/{city}/tweets"), task, "checkins", CheckinTweet)
+    routes = RouteTable([route])
+    message = RawMessage("checkins/nyc/tweets", b"{}", {}, trace=dict(carried) or None)
+    received = Received(message, 1, 1, 1, read_at=time.monotonic())
+    call = TaskCall(task, deterministic_task_id(task, "42"), "checkins", args, {"city": "nyc"})
+    _, traced = MessageSpans(routes, provider).start(received, call)
+    assert isinstance(traced, TaskCall)
+    return traced
+
+
+@pytest.mark.parametrize("case", list(PUBLISHER_CONTEXTS))
+def test_a_traced_bridge_message_carries_what_apply_async_carries_under_the_instrumentation(
+    app: Celery, broker_redis: redis.Redis, instrumented: TracerProvider, case: str
+) -> None:
+    """The same trace headers, in the same format; the ids differ only by value (each side's
+    own span is the parent) and, in the publisher's trace, the trace id is the same."""
+    from opentelemetry import context, propagate
+
+    carried = PUBLISHER_CONTEXTS[case]
+    task = "tasks.checkins.resolve_checkin"
+    args = (_tweet(),)
+    token = context.attach(propagate.extract(carried))  # apply_async called inside that trace
+    try:
+        bridge_built, celery_built = _bridge_and_celery_messages(
+            app,
+            broker_redis,
+            task,
+            args,
+            {"city": "nyc"},
+            traced=_traced_call(instrumented, task, args, carried),
+        )
+    finally:
+        context.detach(token)
+    assert TRACEPARENT in celery_built["headers"], "the instrumentation injected nothing"
+    ours = Traceparent.parse(bridge_built["headers"].pop(TRACEPARENT))
+    theirs = Traceparent.parse(celery_built["headers"].pop(TRACEPARENT))
+    assert bridge_built == celery_built  # every other header, tracestate included
+    assert ours.flags == theirs.flags
+    assert ours.parent_id != theirs.parent_id
+    if carried:
+        assert ours.trace_id == theirs.trace_id == PUBLISHER_TRACE_ID
+    else:
+        assert ours.trace_id != theirs.trace_id

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from bridge.source import Received
 from taskhub.intake import RawMessage
 from taskhub.replies import Reply, ReplyAddress
 from tests.fakes.clock import FakeClock
+
+
+class PropertiesRead(TypedDict, total=False):
+    """What the real source reads from a message's MQTT 5 properties."""
+
+    sent_at: float | None
+    reply: ReplyAddress | None
+    trace: Mapping[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +92,12 @@ class FakeSource:
         *,
         qos: int = 1,
         retained_replay: bool = False,
-        sent_at: float | None = None,
-        reply: ReplyAddress | None = None,
+        **read: Unpack[PropertiesRead],
     ) -> None:
-        """The broker has a message for the session; the next pump reads it."""
-        message = RawMessage(topic, payload, {}, reply)
-        self.queued.append(Queued(message, qos, retained_replay, sent_at))
+        """The broker has a message for the session; the next pump reads it, with `read` as the
+        real source reads it from the message's properties."""
+        message = RawMessage(topic, payload, {}, read.get("reply"), read.get("trace"))
+        self.queued.append(Queued(message, qos, retained_replay, read.get("sent_at")))
 
     def drop_connection(self) -> None:
         """The connection ends: what was read stays read (and stale); unacked messages wait at

@@ -5,20 +5,27 @@ should have (docs/tracing.md).
 opentelemetry takes one global tracer provider per process, so a test never installs its own:
 `in_memory_tracing()` starts taskhub's tracing with an in-memory exporter and stops it after, and
 taskhub's spans follow whichever provider is current (`taskhub.tracing.tracer()`).
+
+Tests of the bridge alone hand a provider of their own (`private_provider()`) to what they test
+(the bridge's MessageSpans, CeleryInstrumentor's `tracer_provider`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from rig.otlp import SpanView
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 TASK_SPAN = "run/tasks.checkins.resolve_checkin"
 PRODUCER_SPAN = "apply_async/tasks.checkins.resolve_checkin"
@@ -48,8 +55,6 @@ def from_sdk(spans: Iterable[ReadableSpan]) -> list[SpanView]:
 @contextmanager
 def in_memory_tracing() -> Iterator[InMemorySpanExporter]:
     """Trace this process as a worker does (tasks, their producers, urllib3), into memory."""
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from taskhub import tracing, worker_tracing
     from taskhub.settings import get_settings
 
@@ -94,3 +99,34 @@ def find_checkin_trace(spans: Sequence[SpanView], task_id: str) -> CheckinTrace 
         cache=[s for s in children if s.name == CACHE_SPAN],
         trace=trace,
     )
+
+
+TRACEPARENT_FORMAT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+PUBLISHER_TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+PUBLISHER_SPAN_ID = 0xB7AD6B7169203331
+PUBLISHER_TRACEPARENT = f"00-{PUBLISHER_TRACE_ID:032x}-{PUBLISHER_SPAN_ID:016x}-01"
+"""A device's publish span, as the W3C draft's example writes it."""
+PUBLISHER_TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+
+
+def private_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A provider whose spans, once ended, are in the exporter at once."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@dataclass(frozen=True)
+class Traceparent:
+    trace_id: int
+    parent_id: int
+    flags: int
+
+    @classmethod
+    def parse(cls, text: str) -> Traceparent:
+        found = TRACEPARENT_FORMAT.fullmatch(text)
+        assert found, f"not a version 00 traceparent: {text!r}"
+        trace_id, parent_id, flags = found.groups()
+        return cls(int(trace_id, 16), int(parent_id, 16), int(flags, 16))
