@@ -4,6 +4,7 @@ feed."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -12,7 +13,6 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.text import Text
 
-from taskhub import deadletter_commands, request_command, status_command
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.redaction import redact_document, redact_logs
 from taskhub.settings import Settings, settings_or_exit
@@ -123,7 +123,18 @@ def _feed(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMAND_MODULES = {
+    "deadletter": "taskhub.deadletter_commands",
+    "status": "taskhub.status_command",
+    "request": "taskhub.request_command",
+}
+"""Commands in modules of their own, each with `add_parser(commands)` and `run(settings, args)`.
+Only the one named is imported to run it: `taskhub request` should not wait for Redis's client
+and Celery to load (half a second) before it asks."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` the one command of COMMAND_MODULES that will run."""
     parser = argparse.ArgumentParser(prog="taskhub", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("routes", help="show the route table as the bridge will subscribe it")
@@ -157,14 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feed.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    deadletter_commands.add_parser(commands)
-    status_command.add_parser(commands)
-    request_command.add_parser(commands)
+    for name, module in COMMAND_MODULES.items():
+        if only in (None, name):
+            importlib.import_module(module).add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    chosen = words[0] if words and words[0] in COMMAND_MODULES else None
+    args = build_parser(chosen).parse_args(words)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -174,11 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "routes": lambda settings, _: _routes(settings),
         "config": lambda settings, _: _config(settings),
         "standin": _standin,
-        "deadletter": deadletter_commands.run,
-        "status": status_command.run,
-        "request": request_command.run,
         "feed": _feed,
     }
+    if args.command in COMMAND_MODULES:
+        return int(importlib.import_module(COMMAND_MODULES[args.command]).run(settings, args))
     return commands[args.command](settings, args)
 
 
