@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import paho.mqtt.client as mqtt
 import redis
 from opentelemetry.trace import SpanKind
 from paho.mqtt.packettypes import PacketTypes
@@ -27,7 +22,7 @@ from bridge.source import MqttSource
 from bridge.trace_context import from_properties, from_raw_properties
 from rig.processes import wait_for
 from taskhub.tracing import TRACEPARENT, TRACESTATE
-from tests.conftest import checkin_tweet
+from tests.support.bridge_thread import WAIT_SECONDS, publish_checkins, running_bridge
 from tests.support.tracing import (
     PUBLISHER_SPAN_ID,
     PUBLISHER_TRACE_ID,
@@ -36,13 +31,6 @@ from tests.support.tracing import (
     Traceparent,
     private_provider,
 )
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from bridge.loop import Bridge
-
-WAIT_SECONDS = 30.0
 
 
 def _raw(*pairs: tuple[str, str]) -> bytes:
@@ -81,61 +69,6 @@ def test_properties_that_cannot_name_a_traceparent_are_not_decoded() -> None:
 
 
 # The real bridge.
-
-
-@contextmanager
-def running_bridge(tracing: TracerProvider | None) -> Iterator[Bridge]:
-    """`python -m bridge`'s bridge, in a thread, on an MQTT session of its own; stopped (every
-    message in hand delivered and its span ended) on leaving."""
-    from bridge.__main__ import build_bridge
-    from taskhub.settings import get_settings
-
-    settings = get_settings()
-    client_id = f"{settings.mqtt.client_id}-trace-{uuid.uuid4().hex[:8]}"
-    mqtt_settings = settings.mqtt.model_copy(update={"client_id": client_id, "session_expiry": 60})
-    bridge = build_bridge(settings.model_copy(update={"mqtt": mqtt_settings}), tracing)
-    bridge.replica.claim()
-    thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: bridge.source.subscribed, WAIT_SECONDS, "the bridge to subscribe")
-        yield bridge
-    finally:
-        bridge.request_stop()
-        thread.join(timeout=WAIT_SECONDS)
-        assert not thread.is_alive(), "the bridge did not stop"
-
-
-def publish_checkins(checkins: dict[str, list[tuple[str, str]]]) -> None:
-    """Publish one check-in per tweet id, with these user properties, at QoS 1."""
-    from taskhub.mqtt import new_client
-    from taskhub.settings import get_settings
-
-    settings = get_settings()
-    client = new_client(settings.mqtt, f"trace-publisher-{uuid.uuid4().hex[:8]}", persistent=False)
-    connected = threading.Event()
-
-    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, *_: Any) -> None:
-        if not reason.is_failure:
-            connected.set()
-
-    client.on_connect = on_connect
-    client.connect(settings.mqtt.host, settings.mqtt.port)
-    client.loop_start()
-    try:
-        assert connected.wait(WAIT_SECONDS), "the publisher did not connect"
-        for tweet_id, pairs in checkins.items():
-            properties = Properties(PacketTypes.PUBLISH)
-            if pairs:
-                properties.UserProperty = pairs
-            topic = f"{settings.topic_prefix}checkins/nyc/tweets"
-            payload = json.dumps(checkin_tweet(tweet_id, "abcd123"))
-            client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(
-                WAIT_SECONDS
-            )
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def task_headers(client: redis.Redis, count: int) -> dict[str, dict[str, Any]]:

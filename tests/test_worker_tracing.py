@@ -21,45 +21,20 @@ from taskhub.demo.standin import StandinServer
 from tests.conftest import checkin_tweet
 from tests.support.tracing import (
     PRODUCER_SPAN,
+    RATE_LIMIT,
     CheckinTrace,
+    assert_task_subtree,
+    complete,
     find_checkin_trace,
     from_sdk,
     in_memory_tracing,
+    limit_every_host,
 )
 
 TIMEOUT = 30
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 """The trace context a test sends a task with, as the bridge would (W3C traceparent)."""
-RATE_LIMIT = 1000
-"""Requests per second given to each stand-in host, so each call takes a rate-limit turn."""
-
-
-def _complete(trace: CheckinTrace | None) -> CheckinTrace | None:
-    """`trace` once its two HTTP calls are in too (exporters may send them in another batch)."""
-    return trace if trace is not None and len(trace.http) == 2 else None
-
-
-def _assert_task_subtree(trace: CheckinTrace, tweet_id: str, ports: tuple[int, int]) -> None:
-    """Under the task span: two GETs (short link, then venue), each after its rate-limit turn,
-    and a cache lookup (miss) before each."""
-    from taskhub.tracing import TWEET_ID
-
-    assert trace.task.service == "taskhub-worker"
-    assert trace.task.attributes[TWEET_ID] == tweet_id
-    assert all(s.attributes["server.address"] == "127.0.0.1" for s in trace.http)
-    status = {s.attributes["server.port"]: s.attributes["http.status_code"] for s in trace.http}
-    short, venue = ports
-    assert status.keys() == {short, venue}
-    assert (300 <= status[short] < 400, status[venue]) == (True, 200)  # a redirect, a venue
-    assert all(s.attributes["http.method"] == "GET" for s in trace.http)
-    assert len(trace.rate_limit) == 2
-    assert all(s.attributes["taskhub.rate_limit.wait_seconds"] >= 0 for s in trace.rate_limit)
-    kinds = {
-        s.attributes["taskhub.cache.kind"]: s.attributes["taskhub.cache.hit"] for s in trace.cache
-    }
-    assert kinds == {"shortlink": False, "venue": False}
-    assert {s.trace_id for s in trace.trace} == {trace.task.trace_id}
 
 
 def test_tracing_off_imports_and_instruments_nothing() -> None:
@@ -88,11 +63,7 @@ def test_tracing_off_imports_and_instruments_nothing() -> None:
 
 @pytest.fixture
 def rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every host gets a shared rate limit in this process (settings are read once per process)."""
-    from taskhub.settings import HostPolicy, HttpSettings
-
-    policy = HostPolicy(rate_limit=RATE_LIMIT)
-    monkeypatch.setattr(HttpSettings, "policy", lambda self, host: policy)
+    limit_every_host(monkeypatch)
 
 
 @pytest.mark.usefixtures("embedded_worker", "rate_limited")
@@ -103,7 +74,7 @@ def test_an_in_process_worker_continues_the_producers_trace(standin: StandinServ
         sent = resolve_checkin.apply_async((checkin_tweet("5001", "Trace01"),))
 
         def trace() -> CheckinTrace | None:
-            return _complete(find_checkin_trace(from_sdk(exporter.get_finished_spans()), sent.id))
+            return complete(find_checkin_trace(from_sdk(exporter.get_finished_spans()), sent.id))
 
         wait_for(lambda: trace() is not None, TIMEOUT, "the task's spans")
         found = trace()
@@ -112,7 +83,7 @@ def test_an_in_process_worker_continues_the_producers_trace(standin: StandinServ
     assert len(producers) == 1
     assert producers[0].parent_id is None
     assert found.task.parent_id == producers[0].span_id
-    _assert_task_subtree(found, "5001", standin.ports)
+    assert_task_subtree(found, "5001", standin.ports)
 
 
 @pytest.fixture
@@ -161,7 +132,7 @@ def test_a_worker_exports_the_tasks_spans_over_otlp(
             assert worker.terminate() == 0
 
         def trace() -> CheckinTrace | None:
-            return _complete(find_checkin_trace(receiver.spans(), sent.id))
+            return complete(find_checkin_trace(receiver.spans(), sent.id))
 
         what = f"the task's spans (have {_names(receiver)})"
         wait_for(lambda: trace() is not None, TIMEOUT, what)
@@ -170,7 +141,7 @@ def test_a_worker_exports_the_tasks_spans_over_otlp(
     found = trace()
     assert found is not None
     assert (found.task.trace_id, found.task.parent_id) == (TRACE_ID, PARENT_ID)
-    _assert_task_subtree(found, "5002", (short, venue))
+    assert_task_subtree(found, "5002", (short, venue))
 
 
 def _names(receiver: OtlpReceiver) -> list[str]:

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rig.otlp import SpanView
 
 if TYPE_CHECKING:
+    import pytest
     from opentelemetry.sdk.trace import ReadableSpan
 
 TASK_SPAN = "run/tasks.checkins.resolve_checkin"
@@ -32,6 +33,8 @@ PRODUCER_SPAN = "apply_async/tasks.checkins.resolve_checkin"
 HTTP_SPAN = "GET"
 RATE_LIMIT_SPAN = "rate_limit.wait"
 CACHE_SPAN = "cache.lookup"
+RATE_LIMIT = 1000
+"""Requests per second given to each stand-in host, so each call takes a rate-limit turn."""
 
 
 def from_sdk(spans: Iterable[ReadableSpan]) -> list[SpanView]:
@@ -99,6 +102,42 @@ def find_checkin_trace(spans: Sequence[SpanView], task_id: str) -> CheckinTrace 
         cache=[s for s in children if s.name == CACHE_SPAN],
         trace=trace,
     )
+
+
+def complete(trace: CheckinTrace | None) -> CheckinTrace | None:
+    """`trace` once its two HTTP calls are in too (exporters may send them in another batch)."""
+    return trace if trace is not None and len(trace.http) == 2 else None
+
+
+def assert_task_subtree(trace: CheckinTrace, tweet_id: str, ports: tuple[int, int]) -> None:
+    """Under the task span: two GETs (short link, then venue), each after its rate-limit turn,
+    and a cache lookup (miss) before each."""
+    from taskhub.tracing import TWEET_ID
+
+    assert trace.task.service == "taskhub-worker"
+    assert trace.task.attributes[TWEET_ID] == tweet_id
+    assert all(s.attributes["server.address"] == "127.0.0.1" for s in trace.http)
+    status = {s.attributes["server.port"]: s.attributes["http.status_code"] for s in trace.http}
+    short, venue = ports
+    assert status.keys() == {short, venue}
+    assert (300 <= status[short] < 400, status[venue]) == (True, 200)  # a redirect, a venue
+    assert all(s.attributes["http.method"] == "GET" for s in trace.http)
+    assert len(trace.rate_limit) == 2
+    assert all(s.attributes["taskhub.rate_limit.wait_seconds"] >= 0 for s in trace.rate_limit)
+    kinds = {
+        s.attributes["taskhub.cache.kind"]: s.attributes["taskhub.cache.hit"] for s in trace.cache
+    }
+    assert kinds == {"shortlink": False, "venue": False}
+    assert {s.trace_id for s in trace.trace} == {trace.task.trace_id}
+
+
+def limit_every_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared rate limit for every host, in this process (whose settings are read once), so
+    each HTTP call gets a `rate_limit.wait` span; a worker process gets TASKHUB_HTTP__HOSTS."""
+    from taskhub.settings import HostPolicy, HttpSettings
+
+    policy = HostPolicy(rate_limit=RATE_LIMIT)
+    monkeypatch.setattr(HttpSettings, "policy", lambda self, host: policy)
 
 
 TRACEPARENT_FORMAT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
