@@ -99,6 +99,12 @@ class ReplyOutbox:
             self._failure = None
         self._backoff.succeeded()
 
+    def due_in(self) -> float:
+        """Seconds until the outbox is next read: the loop waits for MQTT traffic no longer than
+        this, so that a reply a worker added waits at most POLL_SECONDS, not the loop's idle wait
+        (0.1 s, which every reply to an idle bridge paid in full)."""
+        return max(self._next_read - self.clock.now(), self._backoff.remaining(), 0.0)
+
     def settle(self) -> None:
         """Delete the entries whose replies are out (or that cannot be read) from the outbox;
         raises redis errors, keeping them to settle later."""
