@@ -244,7 +244,7 @@ class Bridge:
         reading_on = not self._stop.is_set() and not self.delivery.backpressure.paused
         taking = (reading_on or bool(self._leaving)) and not held
         busy = bool(self.pending) and not held
-        self.source.pump(timeout=0 if busy else IDLE_WAIT_SECONDS)
+        self.source.pump(timeout=0 if busy else self._idle_wait())
         if taking:
             self._take_received(self.settings.max_in_flight - len(self.pending))
         if self.pending and not held and self._batch_due():
@@ -265,6 +265,13 @@ class Bridge:
         if now() >= self._next_sweep:
             self._next_sweep = now() + SWEEP_INTERVAL_SECONDS
             self._sweep()
+
+    def _idle_wait(self) -> float:
+        """How long to wait for MQTT traffic with nothing in hand: until the reply outbox is due,
+        when it will be read (not while Redis or MQTT is down: the loop would spin)."""
+        if self.replies is None or not self.source.connected or not self.delivery.redis_due:
+            return IDLE_WAIT_SECONDS
+        return min(IDLE_WAIT_SECONDS, self.replies.due_in())
 
     def _settle_replies(self) -> None:
         """At shutdown, delete the entries of replies acknowledged while closing, rather than have

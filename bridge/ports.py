@@ -171,6 +171,10 @@ class ReplyPublisher(Protocol):
         """Settle acknowledged replies; publish waiting ones if `reading`. Raises nothing."""
         ...
 
+    def due_in(self) -> float:
+        """Seconds until `turn` next reads the outbox: the longest the loop may wait for MQTT."""
+        ...
+
     def settle(self) -> None:
         """Delete the acknowledged replies' entries now; raises redis errors."""
         ...

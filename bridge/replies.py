@@ -4,7 +4,8 @@ properties, and each entry is deleted only once the broker's PUBACK for it came.
 
 Every bridge replica reads the stream in one consumer group, so each reply goes to one replica;
 entries a replica read and never settled (it died) are claimed back by a live one after
-CLAIM_IDLE_SECONDS. Delivery is at least once: a reply whose PUBACK was lost with a replica is
+CLAIM_IDLE_SECONDS, or published again at once by the same replica when it restarts (its client
+id names its consumer). Delivery is at least once: a reply whose PUBACK was lost with a replica is
 published again, and requesters match replies by Correlation Data. Replies need MQTT 5: a bridge
 on MQTT 3.1.1 reads no Response Topics and builds no outbox reader (docs/requests.md).
 
@@ -66,6 +67,8 @@ class ReplyOutbox:
         self._settled: list[str] = []
         """Entry ids to XACK and XDEL: acknowledged, or malformed."""
         self._group_ready = False
+        self._own_cursor: str | None = "0-0"
+        """Where re-reading this consumer's pending entries has got to; None once done."""
         self._claim_cursor = "0-0"
         self._next_read = 0.0
         self._next_claim = clock.now() + CLAIM_EVERY_SECONDS
@@ -96,6 +99,12 @@ class ReplyOutbox:
             self._failure = None
         self._backoff.succeeded()
 
+    def due_in(self) -> float:
+        """Seconds until the outbox is next read: the loop waits for MQTT traffic no longer than
+        this, so that a reply a worker added waits at most POLL_SECONDS, not the loop's idle wait
+        (0.1 s, which every reply to an idle bridge paid in full)."""
+        return max(self._next_read - self.clock.now(), self._backoff.remaining(), 0.0)
+
     def settle(self) -> None:
         """Delete the entries whose replies are out (or that cannot be read) from the outbox;
         raises redis errors, keeping them to settle later."""
@@ -112,24 +121,25 @@ class ReplyOutbox:
         if room <= 0:
             return
         self._ensure_group()
-        entries: list[Any] = []
-        if now >= self._next_claim:
-            self._next_claim = now + CLAIM_EVERY_SECONDS
-            entries += self._claim(room)
-        if len(entries) < room:
-            try:
-                found: Any = self.redis.xreadgroup(
-                    GROUP, self.consumer, {self.stream: ">"}, count=room - len(entries)
-                )
-            except redis.ResponseError as error:
-                if "NOGROUP" in str(error):  # the stream was deleted: make the group again
-                    self._group_ready = False
-                    return
-                raise
-            for _stream, stream_entries in found or ():  # one stream: [(name, entries)]
-                entries.extend(stream_entries)
+        try:
+            entries = self._own_pending(room) if self._own_cursor is not None else []
+            if now >= self._next_claim and len(entries) < room:
+                self._next_claim = now + CLAIM_EVERY_SECONDS
+                entries += self._claim(room - len(entries))
+            if len(entries) < room:
+                entries += self._group_entries(">", room - len(entries))
+        except redis.ResponseError as error:
+            if "NOGROUP" in str(error):  # the stream was deleted: make the group again
+                self._group_ready = False
+                return
+            raise
         for entry_id, fields in entries:
             self._publish(_text(entry_id), fields)
+
+    def _group_entries(self, cursor: str, count: int) -> list[Any]:
+        """XREADGROUP as this consumer: new entries (`>`), or its own pending ones past `cursor`."""
+        found: Any = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: cursor}, count=count)
+        return [entry for _stream, stream_entries in found or () for entry in stream_entries]
 
     def _ensure_group(self) -> None:
         if self._group_ready:
@@ -141,6 +151,17 @@ class ReplyOutbox:
             if "BUSYGROUP" not in str(error):
                 raise
         self._group_ready = True
+
+    def _own_pending(self, count: int) -> list[Any]:
+        """Entries this consumer read in an earlier life (killed before their PUBACK): published
+        again now, not CLAIM_IDLE_SECONDS later, past its requesters' timeouts. Only at the start:
+        later, this consumer's pending entries are its own replies in flight."""
+        entries = self._group_entries(self._own_cursor or "0-0", count)
+        if len(entries) < count:
+            self._own_cursor = None
+        else:
+            self._own_cursor = _text(entries[-1][0])
+        return entries
 
     def _claim(self, count: int) -> list[Any]:
         """Entries another replica (or this one, before a restart) read and never settled."""

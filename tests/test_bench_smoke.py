@@ -73,6 +73,18 @@ def test_the_latency_benchmark_runs_and_reports() -> None:
 
 
 @pytest.mark.usefixtures("broker_redis")
+def test_the_request_latency_benchmark_runs_and_reports() -> None:
+    last = _run("bench.request_latency", "--requests", "3")
+    found = re.fullmatch(
+        rf"request_latency: p50=({NUMBER})ms p95=({NUMBER})ms max=({NUMBER})ms "
+        rf"first=({NUMBER})ms n=3",
+        last,
+    )
+    assert found, last
+    assert all(float(value) > 0 for value in found.groups())
+
+
+@pytest.mark.usefixtures("broker_redis")
 def test_the_checkins_benchmark_runs_and_reports() -> None:
     last = _run(
         "bench.checkins",

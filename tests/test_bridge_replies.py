@@ -290,3 +290,30 @@ def test_entries_a_dead_replica_read_are_claimed_and_published_by_a_live_one(
     live_source.puback_replies()
     _turn(live, live_clock)
     assert broker_redis.xlen(_outbox()) == 0
+
+
+def test_a_restarted_replica_publishes_the_entries_it_read_before_at_once(
+    broker_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not CLAIM_IDLE_SECONDS later, past its requesters' timeouts: its consumer is its own."""
+    for payload in (b"1", b"2", b"3"):
+        broker_redis.xadd(_outbox(), Reply(ReplyAddress("r/a"), ReplyStatus.OK, payload).entry())  # type: ignore[arg-type]
+    before, before_source, before_clock = _outbox_reader(broker_redis, "bridge-a")
+    _turn(before, before_clock)
+    assert len(before_source.replies) == 3  # published, then the replica died before the PUBACKs
+
+    monkeypatch.setattr("bridge.replies.MAX_IN_FLIGHT", 2)
+    after, source, clock = _outbox_reader(broker_redis, "bridge-a")
+    _turn(after, clock)
+    assert [reply.payload for reply in source.replies.values()] == [b"1", b"2"]
+    _turn(after, clock)
+    assert len(source.replies) == 2, "more than MAX_IN_FLIGHT in flight"
+    source.puback_replies()
+    _turn(after, clock)
+    assert [reply.payload for reply in source.replies.values()] == [b"3"]
+    _turn(after, clock)
+    assert len(source.replies) == 1, "its own reply in flight published again"
+    source.puback_replies()
+    _turn(after, clock)
+    assert broker_redis.xlen(_outbox()) == 0
+    assert after.published == 3

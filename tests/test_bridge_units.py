@@ -230,6 +230,48 @@ def test_reading_waits_for_traffic_only_when_nothing_is_in_hand() -> None:
     assert rig.source.pump_timeouts == [0.1, 0.1, 0]
 
 
+class _DueOutbox:
+    """A reply outbox always `due` seconds from its next read."""
+
+    published = 0
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+
+    def turn(self, *, reading: bool = True) -> None:
+        pass
+
+    def due_in(self) -> float:
+        return self.due
+
+    def settle(self) -> None:
+        pass
+
+
+def test_an_idle_loop_waits_for_traffic_only_until_the_reply_outbox_is_due() -> None:
+    """Or a reply a worker added would wait the whole idle wait (docs/requests.md: 0.1 s)."""
+    rig = make_rig()
+    rig.bridge.replies = _DueOutbox(0.03)
+    rig.turn()
+    rig.bridge.replies = _DueOutbox(0.5)
+    rig.turn()
+    rig.source.drop_connection()  # nothing is read from the outbox: no reason to hurry
+    rig.bridge.replies = _DueOutbox(0.0)
+    rig.turn()
+    assert rig.source.pump_timeouts == [0.03, 0.1, 0.1]
+
+
+def test_an_idle_loop_does_not_spin_on_a_due_outbox_while_redis_is_down() -> None:
+    rig = make_rig()
+    rig.writer.down = True
+    rig.send(1)
+    rig.turn_until(lambda: not rig.bridge.delivery.redis_due)
+    rig.bridge.replies = _DueOutbox(0.0)
+    rig.source.pump_timeouts.clear()
+    rig.turn()
+    assert rig.source.pump_timeouts == [0.1]
+
+
 def test_reading_stops_at_max_in_flight_until_a_batch_is_acked() -> None:
     rig = make_rig(batch_size=3, max_in_flight=3)
     rig.send(1, 2, 3, 4)

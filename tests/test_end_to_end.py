@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
-from rig.processes import BRIDGE_READY, Process, python_module, wait_for
+from rig.processes import BRIDGE_READY, Process, python_module, start_worker, wait_for
 from taskhub.settings import get_settings, load_settings
 from tests.conftest import load_checkin, publish_checkins, stored_checkins
+
+if TYPE_CHECKING:
+    from taskhub.requests import Response
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +149,110 @@ def _enqueued_count(output: str) -> int:
     line = output.rpartition("bridge stopped:")[2].split()
     counts = dict(part.split("=") for part in line if "=" in part)
     return int(counts["landed"]) + int(counts["spooled"])
+
+
+REQUEST_TOPIC = "checkins/nyc/tweets"
+REQUEST_TIMEOUT = 120.0
+"""The requester waits through a bridge's death, a worker's start and the bridge's restart."""
+REPLY_AFTER_RESTART = 15.0
+"""Seconds a restarted bridge may take to publish a reply its dead self left: well below the
+30 s after which a live replica claims another's unsettled entries (bridge/replies.py)."""
+
+
+class _Requester(threading.Thread):
+    """`taskhub.request` in a thread: subscribed before the test kills anything, it waits."""
+
+    def __init__(self, tweet: dict[str, object]) -> None:
+        super().__init__(daemon=True)
+        self.tweet = tweet
+        self.response: Response | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from taskhub.requests import request
+
+        try:
+            self.response = request(REQUEST_TOPIC, self.tweet, timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # reported by the test's thread
+            self.error = error
+
+
+def _reply_committed_while_the_bridge_is_dead(
+    broker_redis: redis.Redis, log_dir: Path, tweet_id: str
+) -> tuple[Process, _Requester]:
+    """A request enqueued by a bridge that is then SIGKILLed; a worker started only afterwards
+    commits the effect and its reply into the outbox, which nothing publishes. Returns the dead
+    bridge (to restart: the same client id, so the same consumer in the outbox's group) and the
+    requester, still waiting."""
+    from taskhub.redis_keys import reply_outbox
+    from tests.conftest import checkin_tweet
+
+    client_id = f"{os.environ['TASKHUB_MQTT__CLIENT_ID']}-{uuid.uuid4().hex[:8]}"
+    bridge = Process(
+        "bridge",
+        python_module("bridge"),
+        log_dir,
+        {"TASKHUB_MQTT__CLIENT_ID": client_id, "TASKHUB_MQTT__SESSION_EXPIRY": "300"},
+    ).start()
+    bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+    requester = _Requester(checkin_tweet(tweet_id, f"Kill{tweet_id}"))
+    requester.start()
+    wait_for(lambda: broker_redis.llen("checkins") == 1, 30, "the request's task in its queue")
+    bridge.kill()
+
+    worker = start_worker("worker", log_dir, {})
+    outbox = reply_outbox(get_settings().key_prefix)
+    try:
+        wait_for(lambda: broker_redis.xlen(outbox) == 1, 60, "the worker's reply in the outbox")
+    finally:
+        worker.kill()
+    assert stored_checkins(broker_redis, [tweet_id]) == 1
+    assert requester.is_alive(), "a reply came with no bridge running"
+    return bridge, requester
+
+
+def _answer(requester: _Requester, tweet_id: str) -> None:
+    requester.join(REPLY_AFTER_RESTART)
+    assert not requester.is_alive(), f"no reply {REPLY_AFTER_RESTART:g} s after the restart"
+    assert requester.error is None, requester.error
+    assert requester.response is not None
+    assert requester.response.ok
+    assert requester.response.document["tweet_id"] == tweet_id
+
+
+@pytest.mark.usefixtures("standin_process")
+def test_a_reply_committed_while_the_bridge_was_dead_reaches_the_requester_after_its_restart(
+    broker_redis: redis.Redis, log_dir: Path
+) -> None:
+    bridge, requester = _reply_committed_while_the_bridge_is_dead(broker_redis, log_dir, "916001")
+
+    bridge.start().wait_output(BRIDGE_READY, timeout=30, count=2)
+    try:
+        _answer(requester, "916001")
+    finally:
+        bridge.kill()
+
+
+@pytest.mark.usefixtures("standin_process")
+def test_a_reply_the_bridge_read_but_died_before_publishing_is_published_on_its_restart(
+    broker_redis: redis.Redis, log_dir: Path
+) -> None:
+    """The bridge read the reply from the outbox and was killed before the broker's PUBACK: the
+    entry is pending for its consumer. The test reads it as that consumer, as the dead bridge
+    would have (no signal lands between the two deterministically)."""
+    from bridge.replies import GROUP
+    from taskhub.redis_keys import reply_outbox
+
+    bridge, requester = _reply_committed_while_the_bridge_is_dead(broker_redis, log_dir, "916002")
+    consumer = bridge.env["TASKHUB_MQTT__CLIENT_ID"]
+    outbox = reply_outbox(get_settings().key_prefix)
+    if not any(group["name"] == GROUP.encode() for group in broker_redis.xinfo_groups(outbox)):
+        broker_redis.xgroup_create(outbox, GROUP, id="0")  # the bridge died before its first read
+    assert broker_redis.xreadgroup(GROUP, consumer, {outbox: ">"}, count=10)
+
+    bridge.start().wait_output(BRIDGE_READY, timeout=30, count=2)
+    try:
+        _answer(requester, "916002")
+        wait_for(lambda: broker_redis.xlen(outbox) == 0, 30, "the published reply's deletion")
+    finally:
+        bridge.kill()
