@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,16 @@ def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
         yield process
     finally:
         process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level_kept() -> Iterator[None]:
+    """Put the root logger's level back after each test. An in-process Celery worker sets it to
+    its own log level (ERROR) for good, and later tests in the same process then miss the
+    warnings they assert on (caplog records what the root logger lets through)."""
+    level = logging.root.level
+    yield
+    logging.root.setLevel(level)
 
 
 @pytest.fixture
