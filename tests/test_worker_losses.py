@@ -303,6 +303,39 @@ def test_a_start_that_a_full_redis_cannot_count_goes_back_to_its_queue(
     assert refused.requeue is True
 
 
+def test_a_start_refused_at_maxmemory_is_given_back_even_if_memory_returns_at_once(
+    broker_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count's INCR refused for memory, and Redis taking writes again a moment later, must
+    not be read as a copy of a dead-lettered task: that copy is acked unrun, and this task was
+    never lettered (the task would be lost)."""
+    import taskhub.worker_losses
+
+    class FullForOneTransaction:
+        refused = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(broker_redis, name)
+
+        def pipeline(self, transaction: bool = True) -> object:
+            pipe = broker_redis.pipeline(transaction=transaction)
+            if not FullForOneTransaction.refused:
+                FullForOneTransaction.refused = True
+
+                def refuse() -> list[object]:
+                    pipe.reset()
+                    raise redis.exceptions.OutOfMemoryError(
+                        "command not allowed when used memory > 'maxmemory'."
+                    )
+
+                pipe.execute = refuse  # type: ignore[method-assign]
+            return pipe
+
+    monkeypatch.setattr(taskhub.worker_losses, "broker_redis", FullForOneTransaction)
+    assert _refused_start(RETRY, "oom-then-room-1").requeue is True
+    assert _letters(broker_redis) == []
+
+
 def test_a_run_that_ends_while_redis_is_briefly_away_still_clears_its_count(
     broker_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
