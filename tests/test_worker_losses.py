@@ -322,7 +322,7 @@ def test_a_start_refused_at_maxmemory_is_given_back_even_if_memory_returns_at_on
             if not FullForOneTransaction.refused:
                 FullForOneTransaction.refused = True
 
-                def refuse() -> list[object]:
+                def refuse(raise_on_error: bool = True) -> list[object]:
                     pipe.reset()
                     raise redis.exceptions.OutOfMemoryError(
                         "command not allowed when used memory > 'maxmemory'."
