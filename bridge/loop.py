@@ -11,7 +11,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from bridge.publish_time import from_payload
 from bridge.replicas import ClientIdTaken
 from bridge.source import Received
 from bridge.state import BridgeState
-from taskhub import redis_keys
+from taskhub import redis_keys, tracing
 from taskhub.deadletters import DeadLetter
 from taskhub.intake import Intake
 from taskhub.settings import BridgeSettings
@@ -323,7 +323,7 @@ class Bridge:
                 outbound,
                 verdict,
                 received.sent_at,
-                reply=self._refusal_reply(received, verdict),
+                reply=self._refusal_reply(received, verdict, span),
                 span=span,
             )
         sent_at = received.sent_at  # the MQTT 5 user property first, else the payload's field
@@ -331,11 +331,17 @@ class Bridge:
             sent_at = from_payload(verdict.args[0])
         return Pending(received, Outbound.task(verdict, self.builder), None, sent_at, span=span)
 
-    def _refusal_reply(self, received: Received, letter: DeadLetter) -> Outbound | None:
+    def _refusal_reply(
+        self, received: Received, letter: DeadLetter, span: Span | None
+    ) -> Outbound | None:
         if received.message.reply is None:  # the common case: not a request
             return None
         reply = self.intake.refusal_reply(received.message, letter)
-        return None if reply is None else Outbound.reply(reply, self.outbox_key)
+        if reply is None:
+            return None
+        if span is not None:  # the requester can continue the trace from the bridge's span
+            reply = replace(reply, user_properties=tracing.reply_properties(span))
+        return Outbound.reply(reply, self.outbox_key)
 
     def _batch_due(self) -> bool:
         if len(self.pending) >= self.settings.batch_size or self._stop.is_set():

@@ -18,7 +18,7 @@ from taskhub.settings import Settings
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
     from opentelemetry.util.types import AttributeValue
 
 TRACEPARENT = "traceparent"
@@ -107,3 +107,16 @@ def annotate(attributes: Mapping[str, AttributeValue]) -> None:
     from opentelemetry import trace
 
     trace.get_current_span().set_attributes(attributes)
+
+
+def reply_properties(span: Span | None = None) -> tuple[tuple[str, str], ...]:
+    """A reply's trace context as MQTT 5 user properties (`traceparent`, `tracestate`), so the
+    requester can continue the trace: `span`'s, else the current span's (the task's, in a worker);
+    none while this process does not trace."""
+    if span is None and not enabled():
+        return ()
+    from opentelemetry import propagate, trace
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=None if span is None else trace.set_span_in_context(span))
+    return tuple(carrier.items())

@@ -22,7 +22,7 @@ from celery import Task, current_task
 from celery.signals import task_success
 from redis.client import Pipeline
 
-from taskhub import redis_keys, replies
+from taskhub import redis_keys, replies, tracing
 from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress, ReplyStatus, error_document
 from taskhub.settings import get_settings
 from tasks.ledger import ledger_in_store, ledger_redis
@@ -109,11 +109,13 @@ def reply_now(reply: Reply) -> None:
 
 
 def ok(address: ReplyAddress, payload: bytes) -> Reply:
-    return Reply(address, ReplyStatus.OK, payload)
+    """An OK reply, carrying the running task's trace context while tracing is on."""
+    return Reply(address, ReplyStatus.OK, payload, tracing.reply_properties())
 
 
 def failed(address: ReplyAddress, reason: str, detail: str, task_id: str | None) -> Reply:
-    return Reply(address, ReplyStatus.FAILED, error_document(reason, detail, task_id))
+    document = error_document(reason, detail, task_id)
+    return Reply(address, ReplyStatus.FAILED, document, tracing.reply_properties())
 
 
 def reply_failed(task: Task, task_id: str, reason: str, detail: str) -> None:

@@ -5,6 +5,7 @@ refused request's dead letter (docs/requests.md, "At the bridge")."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -147,8 +148,8 @@ def test_a_request_dead_lettered_for_its_payload_gets_a_refused_reply() -> None:
 # The loop: the reply lands with the letter.
 
 
-def _refusing_rig() -> Rig:
-    rig = make_rig()
+def _refusing_rig(**options: Any) -> Rig:
+    rig = make_rig(**options)
     rig.bridge.intake = Intake(ROUTES, 1024, ResponseTopics(("replies/#",)))
     return rig
 
@@ -174,6 +175,38 @@ def test_a_refused_request_lands_its_reply_in_the_same_batch_as_its_letter() -> 
     assert rig.bridge.counters.landed == 1
     assert rig.bridge.counters.dead_lettered == 2
     assert len(rig.writer.queues[QUEUE]) == 1
+
+
+def test_a_traced_refused_request_replies_with_the_bridge_spans_context() -> None:
+    """The requester can continue the trace from the reply: it names the bridge's span."""
+    from bridge.message_spans import MessageSpans
+    from tests.support.tracing import PUBLISHER_TRACEPARENT, Traceparent, private_provider
+
+    provider, exporter = private_provider()
+    rig = _refusing_rig(spans=lambda clock: MessageSpans(ROUTES, provider, clock))
+    rig.source.send(
+        TOPIC,
+        b"{not json",
+        reply=ReplyAddress("replies/d1", b"k"),
+        trace={"traceparent": PUBLISHER_TRACEPARENT},
+    )
+    rig.turn()
+    entry: dict[bytes | str, bytes | str] = {}
+    entry.update(rig.writer.replies[0])
+    properties = dict(Reply.from_entry(entry).user_properties)
+    (span,) = exporter.get_finished_spans()
+    assert span.context is not None
+    sent = Traceparent.parse(properties["traceparent"])
+    assert (sent.trace_id, sent.parent_id) == (span.context.trace_id, span.context.span_id)
+
+
+def test_an_untraced_refused_request_replies_without_a_trace_context() -> None:
+    rig = _refusing_rig()
+    rig.source.send(TOPIC, b"{not json", reply=ReplyAddress("replies/d1", b"k"))
+    rig.turn()
+    entry: dict[bytes | str, bytes | str] = {}
+    entry.update(rig.writer.replies[0])
+    assert Reply.from_entry(entry).user_properties == ()
 
 
 def test_while_redis_is_down_the_reply_is_spooled_with_its_letter() -> None:

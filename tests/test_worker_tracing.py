@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rig.otlp import OtlpReceiver
+from rig.otlp import OtlpReceiver, SpanView
 from rig.processes import start_worker, wait_for
 from taskhub.demo.standin import StandinServer
 from tests.conftest import checkin_tweet
@@ -84,6 +84,34 @@ def test_an_in_process_worker_continues_the_producers_trace(standin: StandinServ
     assert producers[0].parent_id is None
     assert found.task.parent_id == producers[0].span_id
     assert_task_subtree(found, "5001", standin.ports)
+
+
+@pytest.mark.usefixtures("embedded_worker")
+def test_a_reply_carries_the_task_spans_context_back(broker_redis: redis.Redis) -> None:
+    """A requester can continue the trace from its reply: the reply names the task's span."""
+    from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress
+    from tasks.checkins import resolve_checkin
+    from tasks.replies import outbox_key
+    from tests.support.tracing import Traceparent
+
+    address = ReplyAddress("replies/traced", b"c1")
+    with in_memory_tracing() as exporter:
+        sent = resolve_checkin.apply_async(
+            (checkin_tweet("5003", "Reply01"),), headers={REPLY_HEADER: address.header()}
+        )
+
+        def task_span() -> SpanView | None:
+            found = find_checkin_trace(from_sdk(exporter.get_finished_spans()), sent.id)
+            return None if found is None else found.task
+
+        wait_for(lambda: task_span() is not None, TIMEOUT, "the task's span")
+        span = task_span()
+    assert span is not None
+    entries = broker_redis.xrange(outbox_key()) or []
+    (reply,) = [Reply.from_entry(fields or {}) for _, fields in entries]
+    sent_back = Traceparent.parse(dict(reply.user_properties)["traceparent"])
+    assert f"{sent_back.trace_id:032x}" == span.trace_id
+    assert f"{sent_back.parent_id:016x}" == span.span_id
 
 
 @pytest.fixture
