@@ -81,6 +81,18 @@ def decode_properties(raw: bytes) -> dict[str, Any]:
     return found
 
 
+def properties_naming(raw: bytes, name: bytes) -> dict[str, Any] | None:
+    """`raw` decoded, if its bytes hold `name` at all: decoding costs as much as the rest of a
+    message's handling, so a block that cannot name it stays undecoded. None then, and for a
+    malformed block (the message itself is judged, and its dead letter says why, elsewhere)."""
+    if name not in raw:
+        return None
+    try:
+        return decode_properties(raw)
+    except MalformedPacket:
+        return None
+
+
 def unpack_properties(raw: bytes) -> Properties:
     """A PUBLISH's MQTT 5 properties as paho's object (binary values stay bytes); raises
     MalformedPacket, and only that, for bytes that are not a property block."""

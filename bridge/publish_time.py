@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.bulk_client import decode_properties
+from bridge.bulk_client import properties_naming
 
 SENT_AT = "sent_at"
 _SENT_AT_BYTES = SENT_AT.encode()
@@ -35,15 +35,9 @@ def epoch_seconds(value: object) -> float | None:
 
 
 def from_raw_properties(raw: bytes) -> float | None:
-    """From a PUBLISH's raw MQTT 5 properties: decoded only when they may name `sent_at`, since
-    decoding costs as much as the rest of a message's handling."""
-    if _SENT_AT_BYTES not in raw:
-        return None
-    try:
-        properties = decode_properties(raw)
-    except Exception:  # a malformed property block: the message itself is judged elsewhere
-        return None
-    return from_properties(properties)
+    """From a PUBLISH's raw MQTT 5 properties, decoded only when they may name `sent_at`."""
+    properties = properties_naming(raw, _SENT_AT_BYTES)
+    return None if properties is None else from_properties(properties)
 
 
 def from_properties(properties: Mapping[str, Any]) -> float | None:

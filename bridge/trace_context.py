@@ -11,22 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.bulk_client import decode_properties
+from bridge.bulk_client import properties_naming
 from taskhub.tracing import TRACEPARENT, TRACESTATE
 
 _TRACEPARENT_BYTES = TRACEPARENT.encode()
 
 
 def from_raw_properties(raw: bytes) -> dict[str, str] | None:
-    """From a PUBLISH's raw MQTT 5 properties: decoded only when they may name `traceparent`,
-    since decoding costs as much as the rest of a message's handling."""
-    if _TRACEPARENT_BYTES not in raw:
-        return None
-    try:
-        properties = decode_properties(raw)
-    except Exception:  # a malformed property block: the message itself is judged elsewhere
-        return None
-    return from_properties(properties)
+    """From a PUBLISH's raw MQTT 5 properties, decoded only when they may name `traceparent`."""
+    properties = properties_naming(raw, _TRACEPARENT_BYTES)
+    return None if properties is None else from_properties(properties)
 
 
 def from_properties(properties: Mapping[str, Any]) -> dict[str, str] | None:

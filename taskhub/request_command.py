@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from taskhub.arguments import positive_seconds
 from taskhub.settings import Settings
 from taskhub.terminal import json_view, visible
 
@@ -25,18 +26,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     request.add_argument("topic", help="the route's topic, below TASKHUB_TOPIC_PREFIX")
     request.add_argument("payload", metavar="json", help="the request's payload, as JSON")
     request.add_argument(
-        "--timeout", type=_positive, default=5.0, help="seconds to wait for the reply (default 5)"
+        "--timeout",
+        type=positive_seconds,
+        default=5.0,
+        help="seconds to wait for the reply (default 5)",
     )
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from taskhub.arguments import positive_seconds
 from taskhub.fitted_table import Field, FittedTable
 from taskhub.routes import routes_or_exit
 from taskhub.settings import Settings
@@ -67,23 +68,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     status.add_argument("--json", action="store_true", help="one JSON object (a line per reading)")
     status.add_argument("--watch", action="store_true", help="read again every --interval")
-    status.add_argument("--interval", type=_positive, default=2.0, help="seconds (default 2)")
+    status.add_argument(
+        "--interval", type=positive_seconds, default=2.0, help="seconds (default 2)"
+    )
     status.add_argument(
         "--max-age",
-        type=_positive,
+        type=positive_seconds,
         metavar="SECONDS",
         help="exit 1 if a queue's oldest task is older than this and nothing consumes it",
     )
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
