@@ -128,9 +128,18 @@ class Channel(kombu_redis.Channel):
         lost its task (seen in the benchmark's rate-limited stage, 1 task in 2,000-4,000)."""
         if asynchronous:
             return super()._get_pool(asynchronous=True)  # type: ignore[no-untyped-call]
-        params = self._connparams(asynchronous=False)  # type: ignore[no-untyped-call]
+        params = self._connparams(asynchronous=False)
         self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
         return redis.BlockingConnectionPool(timeout=POOL_WAIT_SECONDS, **params)
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """A closed channel's (its connection closed under a greenlet still acking or restoring)
+        raise a connection error, which Celery recovers from by reconnecting, rather than kombu's
+        AttributeError, which ended a gevent worker for good when Redis was killed under it."""
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

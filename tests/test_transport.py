@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -38,6 +39,18 @@ def test_one_client_object_serves_every_command_of_a_channel() -> None:
     with Connection(url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         assert channel._create_client() is channel._create_client()
+
+
+def test_a_closed_channel_says_connection_error_not_attribute_error() -> None:
+    """A greenlet acking or restoring on a channel whose connection just closed (Redis killed)
+    must meet an error Celery reconnects after: kombu's AttributeError ended the worker."""
+    url = os.environ["TASKHUB_BROKER_URL"]
+    conn = Connection(url, transport=TRANSPORT)
+    channel: Any = conn.default_channel
+    errors = conn.connection_errors
+    conn.close()
+    with pytest.raises(errors), channel.conn_or_acquire() as client:
+        client.ping()
 
 
 def test_a_task_given_back_while_redis_is_full_stays_unacked_without_waiting(
