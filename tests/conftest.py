@@ -124,8 +124,7 @@ FIXTURE_SESSION_EXPIRY = 300
 """Seconds the broker keeps a killed fixture bridge's session: not the day a deployment asks."""
 
 
-@pytest.fixture
-def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
+def start_bridge(log_dir: Path) -> Process:
     """`python -m bridge`, started and subscribed to every route, in an MQTT session of its own.
 
     A session shared with an earlier test's bridge, killed with messages still queued for it,
@@ -139,6 +138,17 @@ def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
     process = Process("bridge", python_module("bridge"), log_dir, own_session).start()
     try:
         process.wait_output(BRIDGE_READY, timeout=30, count=2)
+    except BaseException:
+        process.kill()
+        raise
+    return process
+
+
+@pytest.fixture
+def bridge(log_dir: Path, broker_redis: redis.Redis) -> Iterator[Process]:
+    """A bridge of this test's own (`start_bridge`)."""
+    process = start_bridge(log_dir)
+    try:
         yield process
     finally:
         process.kill()

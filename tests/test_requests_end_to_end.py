@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 import redis
 
-from rig.processes import BRIDGE_READY, WORKER_READY, Process, celery, python_module
+from rig.processes import Process, start_worker
 from taskhub.replies import CONTENT_TYPE, STATUS_PROPERTY, ReplyStatus
-from tests.conftest import FIXTURE_SESSION_EXPIRY, checkin_tweet
+from tests.conftest import checkin_tweet, start_bridge
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
@@ -52,31 +52,13 @@ def loop(
 ) -> Iterator[tuple[Process, Process]]:
     """One worker and one bridge (an MQTT session of its own) for every test of the module."""
     log_dir = tmp_path_factory.mktemp("request-loop")
-    worker = Process(
-        "worker",
-        celery(
-            "worker",
-            "-P",
-            "gevent",
-            "--autoscale=8,2",
-            "--loglevel=INFO",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"requests-{os.getpid()}@%h",
-        ),
-        log_dir,
-        {},
-    ).start()
-    client_id = f"{os.environ['TASKHUB_MQTT__CLIENT_ID']}-{uuid.uuid4().hex[:8]}"
-    own_session = {
-        "TASKHUB_MQTT__CLIENT_ID": client_id,
-        "TASKHUB_MQTT__SESSION_EXPIRY": str(FIXTURE_SESSION_EXPIRY),
-    }
-    bridge = Process("bridge", python_module("bridge"), log_dir, own_session).start()
+    worker = start_worker("requests", log_dir, {}, autoscale="8,2")
     try:
-        worker.wait_output(WORKER_READY, timeout=60)
-        bridge.wait_output(BRIDGE_READY, timeout=30, count=2)
+        bridge = start_bridge(log_dir)
+    except BaseException:
+        worker.kill()
+        raise
+    try:
         yield worker, bridge
     finally:
         bridge.kill()
