@@ -19,6 +19,7 @@ from rig.servers import MosquittoServer, RedisServer
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
+    from taskhub.replies import Reply
     from taskhub.settings import MqttSettings
     from tests.support.flower import Flower
 
@@ -239,6 +240,22 @@ def stored_checkins(client: redis.Redis, tweet_ids: list[str]) -> int:
     prefix = get_settings().key_prefix
     keys = [redis_keys.effect(prefix, "checkin", tweet_id) for tweet_id in tweet_ids]
     return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
+
+
+def resolved_announcements(client: redis.Redis, tweet_id: str) -> int:
+    """Entries announcing `tweet_id` in the resolved stream: one per committed effect."""
+    from tasks.checkins import resolved_stream
+
+    entries = client.xrange(resolved_stream()) or []
+    return sum(1 for _, fields in entries if (fields or {}).get(b"tweet_id") == tweet_id.encode())
+
+
+def outbox_replies(client: redis.Redis) -> list[Reply]:
+    """The replies waiting in this run's reply outbox, oldest first."""
+    from taskhub.replies import Reply
+    from tasks.replies import outbox_key
+
+    return [Reply.from_entry(fields or {}) for _, fields in client.xrange(outbox_key()) or []]
 
 
 def load_checkin(client: redis.Redis, tweet_id: str) -> dict[str, object] | None:

@@ -21,7 +21,7 @@ import redis
 
 from rig.processes import Process, start_worker
 from taskhub.replies import CONTENT_TYPE, STATUS_PROPERTY, ReplyStatus
-from tests.conftest import checkin_tweet, start_bridge
+from tests.conftest import checkin_tweet, resolved_announcements, start_bridge
 
 if TYPE_CHECKING:
     from taskhub.demo.standin import StandinServer
@@ -71,14 +71,6 @@ def _ask(payload: Any) -> Response:
     return request(TOPIC, payload, timeout=REPLY_TIMEOUT)
 
 
-def _resolved(client: redis.Redis, tweet_id: str) -> int:
-    """Entries announcing `tweet_id` in the resolved stream: one per committed effect."""
-    from tasks.checkins import resolved_stream
-
-    entries = client.xrange(resolved_stream()) or []
-    return sum(1 for _, fields in entries if (fields or {}).get(b"tweet_id") == tweet_id.encode())
-
-
 @pytest.mark.usefixtures("loop")
 def test_a_checkin_request_is_answered_ok_with_its_resolved_venue(
     module_redis: redis.Redis,
@@ -124,7 +116,7 @@ def test_a_request_whose_task_fails_for_good_is_answered_failed(
     assert reply.error["reason"] == "task_failed"
     assert "404" in reply.error["detail"]
     assert reply.error["task_id"]
-    assert _resolved(module_redis, "915003") == 0
+    assert resolved_announcements(module_redis, "915003") == 0
 
 
 @pytest.mark.usefixtures("loop")
@@ -141,7 +133,7 @@ def test_the_same_request_twice_gets_the_same_stored_result_from_one_effect(
     assert (first.status, second.status) == (ReplyStatus.OK, ReplyStatus.OK)
     assert second.payload == first.payload, "the duplicate replies with the stored result"
     assert second.document["task_id"] == first.document["task_id"]
-    assert _resolved(module_redis, "915004") == 1
+    assert resolved_announcements(module_redis, "915004") == 1
     duplicates = module_redis.hget(
         redis_keys.duplicates_absorbed(get_settings().key_prefix), "tasks.checkins.resolve_checkin"
     )

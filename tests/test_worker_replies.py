@@ -13,29 +13,16 @@ import redis
 
 import tasks.failures  # noqa: F401  (the worker's dead-letter and FAILED-reply hook)
 from rig.processes import wait_for
-from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress, ReplyStatus
-from tests.conftest import checkin_tweet
+from taskhub.replies import REPLY_HEADER, ReplyAddress, ReplyStatus
+from tests.conftest import checkin_tweet, outbox_replies, resolved_announcements
 from tests.support import reply_tasks
 
 TIMEOUT = 30
 ADDRESS = ReplyAddress("test/replies/r1", b"\x00\xffcorrelation")
 
 
-def _outbox(client: redis.Redis) -> list[Reply]:
-    from tasks.replies import outbox_key
-
-    return [Reply.from_entry(fields or {}) for _, fields in client.xrange(outbox_key()) or []]
-
-
 def _headers(address: ReplyAddress = ADDRESS) -> dict[str, Any]:
     return {REPLY_HEADER: address.header()}
-
-
-def _resolved(client: redis.Redis, tweet_id: str) -> int:
-    from tasks.checkins import resolved_stream
-
-    entries = client.xrange(resolved_stream()) or []
-    return sum(1 for _, fields in entries if (fields or {}).get(b"tweet_id") == tweet_id.encode())
 
 
 @pytest.mark.usefixtures("embedded_worker")
@@ -50,7 +37,7 @@ def test_a_request_gets_its_result_once_and_each_duplicate_gets_the_stored_resul
         args=(tweet,), kwargs={"city": "nyc"}, headers=_headers()
     ).get(timeout=TIMEOUT)
 
-    (reply,) = _outbox(broker_redis)
+    (reply,) = outbox_replies(broker_redis)
     assert (reply.address, reply.status) == (ADDRESS, ReplyStatus.OK)
     assert json.loads(reply.payload) == first
     assert broker_redis.get(done_key("checkin:15001")) == reply.payload
@@ -60,10 +47,10 @@ def test_a_request_gets_its_result_once_and_each_duplicate_gets_the_stored_resul
         args=(tweet,), kwargs={"city": "nyc"}, headers=_headers()
     ).get(timeout=TIMEOUT)
     assert again == {"duplicate": True, "identity": "checkin:15001"}
-    replies = _outbox(broker_redis)
+    replies = outbox_replies(broker_redis)
     assert len(replies) == 2
     assert replies[1] == reply, "the duplicate replies with the first copy's result"
-    assert _resolved(broker_redis, "15001") == 1
+    assert resolved_announcements(broker_redis, "15001") == 1
 
 
 @pytest.mark.usefixtures("embedded_worker")
@@ -74,14 +61,14 @@ def test_a_task_that_is_no_request_leaves_no_reply_and_a_plain_marker(
     from tasks.idempotency import done_key
 
     resolve_checkin.delay(checkin_tweet("15002", "Reply02")).get(timeout=TIMEOUT)
-    assert _outbox(broker_redis) == []
+    assert outbox_replies(broker_redis) == []
     assert broker_redis.get(done_key("checkin:15002")) == b"1"
 
     # A request duplicating it: the result was not kept, so it gets the duplicate answer.
     resolve_checkin.apply_async(args=(checkin_tweet("15002", "Reply02"),), headers=_headers()).get(
         timeout=TIMEOUT
     )
-    (reply,) = _outbox(broker_redis)
+    (reply,) = outbox_replies(broker_redis)
     assert reply.status is ReplyStatus.OK
     assert json.loads(reply.payload) == {"duplicate": True, "identity": "checkin:15002"}
 
@@ -94,7 +81,7 @@ def test_a_retried_request_replies_once_when_it_commits(broker_redis: redis.Redi
     ).get(timeout=TIMEOUT)
 
     assert result["retries"] == 1
-    (reply,) = _outbox(broker_redis)
+    (reply,) = outbox_replies(broker_redis)
     assert json.loads(reply.payload) == result
     assert broker_redis.lrange(reply_tasks.effects_key(), 0, -1) == [task_id.encode()]
 
@@ -103,17 +90,17 @@ def test_a_retried_request_replies_once_when_it_commits(broker_redis: redis.Redi
     reply_tasks.commit_after_a_retry.apply_async(
         args=({"id": "r-1"},), headers=_headers(), task_id=task_id
     )
-    wait_for(lambda: len(_outbox(broker_redis)) == 2, TIMEOUT, "the duplicate's reply")
-    assert _outbox(broker_redis) == [reply, reply]
+    wait_for(lambda: len(outbox_replies(broker_redis)) == 2, TIMEOUT, "the duplicate's reply")
+    assert outbox_replies(broker_redis) == [reply, reply]
     assert broker_redis.llen(reply_tasks.effects_key()) == 1
 
 
 @pytest.mark.usefixtures("embedded_worker")
 def test_a_request_that_fails_for_good_gets_a_failed_reply(broker_redis: redis.Redis) -> None:
     pending = reply_tasks.fail_for_good.apply_async(args=({"id": "f-1"},), headers=_headers())
-    wait_for(lambda: len(_outbox(broker_redis)) == 1, TIMEOUT, "the FAILED reply")
+    wait_for(lambda: len(outbox_replies(broker_redis)) == 1, TIMEOUT, "the FAILED reply")
 
-    (reply,) = _outbox(broker_redis)
+    (reply,) = outbox_replies(broker_redis)
     assert (reply.address, reply.status) == (ADDRESS, ReplyStatus.FAILED)
     assert json.loads(reply.payload) == {
         "error": {
@@ -125,7 +112,7 @@ def test_a_request_that_fails_for_good_gets_a_failed_reply(broker_redis: redis.R
     # The same failure without a request: no reply.
     plain = reply_tasks.fail_for_good.delay({"id": "f-2"})
     wait_for(lambda: plain.state == "FAILURE", TIMEOUT, "the second failure recorded")
-    assert len(_outbox(broker_redis)) == 1
+    assert len(outbox_replies(broker_redis)) == 1
 
 
 @pytest.mark.usefixtures("embedded_worker")
@@ -135,7 +122,7 @@ def test_a_task_without_run_once_replies_after_it_returns(broker_redis: redis.Re
     )
     reply_tasks.echo.delay({"id": "e-2"}).get(timeout=TIMEOUT)
 
-    (reply,) = _outbox(broker_redis)
+    (reply,) = outbox_replies(broker_redis)
     assert reply.status is ReplyStatus.OK
     assert json.loads(reply.payload) == result == {"echo": {"id": "e-1"}}
 
@@ -155,7 +142,7 @@ def test_a_gevent_worker_replies_from_the_greenlet_running_the_task(
     ]
     documents = [pending.get(timeout=TIMEOUT) for pending in results]
 
-    outbox = _outbox(broker_redis)
+    outbox = outbox_replies(broker_redis)
     assert len(outbox) == len(addresses)
     replies = {reply.address: json.loads(reply.payload) for reply in outbox}
     assert replies == dict(zip(addresses, documents, strict=True))

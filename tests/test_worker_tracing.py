@@ -18,7 +18,7 @@ import redis
 from rig.otlp import OtlpReceiver, SpanView
 from rig.processes import start_worker, wait_for
 from taskhub.demo.standin import StandinServer
-from tests.conftest import checkin_tweet
+from tests.conftest import checkin_tweet, outbox_replies
 from tests.support.tracing import (
     PRODUCER_SPAN,
     RATE_LIMIT,
@@ -89,9 +89,8 @@ def test_an_in_process_worker_continues_the_producers_trace(standin: StandinServ
 @pytest.mark.usefixtures("embedded_worker")
 def test_a_reply_carries_the_task_spans_context_back(broker_redis: redis.Redis) -> None:
     """A requester can continue the trace from its reply: the reply names the task's span."""
-    from taskhub.replies import REPLY_HEADER, Reply, ReplyAddress
+    from taskhub.replies import REPLY_HEADER, ReplyAddress
     from tasks.checkins import resolve_checkin
-    from tasks.replies import outbox_key
     from tests.support.tracing import Traceparent
 
     address = ReplyAddress("replies/traced", b"c1")
@@ -107,8 +106,7 @@ def test_a_reply_carries_the_task_spans_context_back(broker_redis: redis.Redis) 
         wait_for(lambda: task_span() is not None, TIMEOUT, "the task's span")
         span = task_span()
     assert span is not None
-    entries = broker_redis.xrange(outbox_key()) or []
-    (reply,) = [Reply.from_entry(fields or {}) for _, fields in entries]
+    (reply,) = outbox_replies(broker_redis)
     sent_back = Traceparent.parse(dict(reply.user_properties)["traceparent"])
     assert f"{sent_back.trace_id:032x}" == span.trace_id
     assert f"{sent_back.parent_id:016x}" == span.span_id
